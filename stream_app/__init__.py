@@ -1,0 +1,3 @@
+"""segmenter: streaming customer segmentation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""The normalised interaction: what the rest of the service works on.
+
+A validated spec event becomes one :class:`Interaction`: a flat, compact record with the
+event time as epoch seconds, a kind from a small vocabulary, and only the fields that
+segmentation uses. It travels on the internal routed topic as a JSON array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Interaction kinds ----------------------------------------------------------------------------
+PAGE_VIEW = "page_view"
+SCREEN_VIEW = "screen_view"
+PRODUCT_VIEW = "product_view"
+CART_ADD = "cart_add"
+CART_REMOVE = "cart_remove"
+CHECKOUT = "checkout"
+ORDER = "order"
+REFUND = "refund"
+EMAIL_OPEN = "email_open"
+EMAIL_CLICK = "email_click"
+EMAIL_UNSUBSCRIBE = "email_unsubscribe"
+SUPPORT = "support_contact"
+IDENTIFY = "identify"
+ALIAS = "alias"
+CUSTOM = "custom"
+ERASE = "erase"
+
+KINDS = (
+    PAGE_VIEW, SCREEN_VIEW, PRODUCT_VIEW, CART_ADD, CART_REMOVE, CHECKOUT, ORDER, REFUND,
+    EMAIL_OPEN, EMAIL_CLICK, EMAIL_UNSUBSCRIBE, SUPPORT, IDENTIFY, ALIAS, CUSTOM, ERASE,
+)
+
+# Spec track-event names (lower-cased) -> kind. Other names are kept as custom events.
+TRACK_KINDS: dict[str, str] = {
+    "product viewed": PRODUCT_VIEW,
+    "product clicked": PRODUCT_VIEW,
+    "product list viewed": PRODUCT_VIEW,
+    "products searched": PRODUCT_VIEW,
+    "product added": CART_ADD,
+    "product removed": CART_REMOVE,
+    "cart viewed": CUSTOM,
+    "checkout started": CHECKOUT,
+    "order completed": ORDER,
+    "order refunded": REFUND,
+    "order cancelled": REFUND,
+    "email opened": EMAIL_OPEN,
+    "email link clicked": EMAIL_CLICK,
+    "unsubscribed": EMAIL_UNSUBSCRIBE,
+    "email unsubscribed": EMAIL_UNSUBSCRIBE,
+    "support contacted": SUPPORT,
+    "ticket created": SUPPORT,
+    "support ticket created": SUPPORT,
+    "live chat started": SUPPORT,
+    "customer erasure requested": ERASE,
+}
+
+EMAIL_KINDS = frozenset({EMAIL_OPEN, EMAIL_CLICK, EMAIL_UNSUBSCRIBE})
+
+
+@dataclass(slots=True)
+class Interaction:
+    kind: str
+    customer_id: str
+    message_id: str
+    ts: float
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    name: str | None = None
+    amount: float = 0.0
+    categories: tuple[str, ...] = ()
+    channel: str | None = None
+    traits: dict[str, Any] | None = None
+    previous_id: str | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.kind, self.customer_id, self.message_id, self.ts, self.user_id,
+            self.anonymous_id, self.name, self.amount, list(self.categories), self.channel,
+            self.traits, self.previous_id,
+        ]
+
+    @classmethod
+    def from_wire(cls, row: list[Any]) -> Interaction:
+        (kind, cid, mid, ts, uid, aid, name, amount, cats, channel, traits, prev) = row
+        return cls(kind, cid, mid, float(ts), uid, aid, name, float(amount), tuple(cats),
+                   channel, traits, prev)

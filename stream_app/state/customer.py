@@ -1,0 +1,304 @@
+"""Per-customer state and its pure update: ``apply(state, interaction) -> state``.
+
+Everything here is event-time based and order-insensitive where it can be: decayed sums are
+kept relative to a reference time and folded in exactly whatever order events come in, so a
+replay of last year's history gives the same state as living through it.
+
+Stored compactly (:mod:`stream_app.state.codec`) to stay well under 1 KiB per customer.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..events import interaction as ix
+from ..events.interaction import Interaction
+
+DAY = 86400.0
+MAX_RECENT_ORDERS = 12
+MAX_CATEGORIES = 8
+MAX_CHANNELS = 6
+MAX_ANON_IDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    session_gap_s: float = 30 * 60.0
+    half_life_days: float = 30.0
+    cart_abandon_after_s: float = DAY
+    dedupe_window: int = 32
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    anonymous: bool = False
+    anonymous_ids: list[str] = field(default_factory=list)
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    # purchases
+    orders: int = 0
+    revenue: float = 0.0
+    refunds: int = 0
+    refunded: float = 0.0
+    first_order_at: float | None = None
+    last_order_at: float | None = None
+    recent_orders: list[list[float]] = field(default_factory=list)  # [ts, amount], newest last
+    # decayed sums (half-life StateConfig.half_life_days), valued at decay_ref
+    decay_ref: float = 0.0
+    revenue_recent: float = 0.0
+    orders_recent: float = 0.0
+    engagement_recent: float = 0.0
+    # browsing / cart
+    product_views: int = 0
+    cart_adds: int = 0
+    cart_removes: int = 0
+    checkouts: int = 0
+    cart_pending_since: float | None = None
+    carts_abandoned: int = 0
+    page_views: int = 0
+    screen_views: int = 0
+    sessions: int = 0
+    custom_events: int = 0
+    # email / support
+    email_opens: int = 0
+    email_clicks: int = 0
+    email_unsubscribed: bool = False
+    support_contacts: int = 0
+    # affinities
+    channels: dict[str, int] = field(default_factory=dict)
+    categories: dict[str, float] = field(default_factory=dict)
+    # profile
+    traits: dict[str, Any] = field(default_factory=dict)
+    traits_at: float = 0.0
+    # bookkeeping
+    events: int = 0
+    seen: list[int] = field(default_factory=list)  # recent message-id digests, newest last
+    segments: dict[str, str] = field(default_factory=dict)  # segmentation -> segment id
+    segment_aux: dict[str, Any] = field(default_factory=dict)  # per-segmentation extra state
+
+    def copy(self) -> CustomerState:
+        return copy.deepcopy(self)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(CustomerState))
+
+
+def message_digest(message_id: str) -> int:
+    """48-bit digest of a message id: small to store, collisions negligible per customer."""
+    return int.from_bytes(hashlib.blake2b(message_id.encode(), digest_size=6).digest(), "big")
+
+
+def new_state(rec: Interaction) -> CustomerState:
+    return CustomerState(customer_id=rec.customer_id,
+                         anonymous=rec.user_id is None,
+                         first_seen=rec.ts, last_seen=rec.ts, decay_ref=rec.ts)
+
+
+def apply(state: CustomerState | None, rec: Interaction, cfg: StateConfig = StateConfig()
+          ) -> CustomerState:
+    """Pure: return the state after ``rec``; ``state`` is not modified."""
+    out = new_state(rec) if state is None else state.copy()
+    apply_in_place(out, rec, cfg)
+    return out
+
+
+def apply_many(state: CustomerState | None, recs: list[Interaction],
+               cfg: StateConfig = StateConfig()) -> tuple[CustomerState | None, int]:
+    """Pure: fold ``recs`` into a copy of ``state``; returns (state, how many were applied)."""
+    out: CustomerState | None = None if state is None else state.copy()
+    applied = 0
+    for rec in recs:
+        if out is None:
+            out = new_state(rec)
+        applied += apply_in_place(out, rec, cfg)
+    return out, applied
+
+
+def is_duplicate(state: CustomerState, message_id: str) -> bool:
+    return message_digest(message_id) in state.seen
+
+
+def apply_in_place(s: CustomerState, rec: Interaction, cfg: StateConfig) -> bool:
+    """Fold one interaction into ``s`` (owned by the caller). False if it was a duplicate."""
+    digest = message_digest(rec.message_id)
+    if digest in s.seen:
+        return False
+    s.seen.append(digest)
+    if len(s.seen) > cfg.dedupe_window:
+        del s.seen[: len(s.seen) - cfg.dedupe_window]
+    ts = rec.ts
+    s.events += 1
+    if rec.user_id is not None and s.anonymous:
+        s.anonymous = False
+    if rec.anonymous_id and rec.anonymous_id != s.customer_id:
+        _remember_anon(s, rec.anonymous_id)
+
+    # sessions: a gap of session_gap_s in event time opens a new one
+    if s.events == 1 or ts - s.last_seen > cfg.session_gap_s or ts < s.first_seen - cfg.session_gap_s:
+        if rec.kind not in (ix.IDENTIFY, ix.ALIAS, ix.EMAIL_OPEN):
+            s.sessions += 1
+    s.first_seen = min(s.first_seen, ts) if s.events > 1 else ts
+    s.last_seen = max(s.last_seen, ts)
+
+    _abandon_check(s, ts, cfg)
+    kind = rec.kind
+    engagement = 0.0
+    if kind == ix.ORDER:
+        s.orders += 1
+        s.revenue += rec.amount
+        s.first_order_at = ts if s.first_order_at is None else min(s.first_order_at, ts)
+        s.last_order_at = ts if s.last_order_at is None else max(s.last_order_at, ts)
+        s.recent_orders.append([ts, rec.amount])
+        s.recent_orders.sort(key=lambda o: o[0])
+        del s.recent_orders[:-MAX_RECENT_ORDERS]
+        _decayed(s, ts, cfg, revenue=rec.amount, orders=1.0)
+        if s.cart_pending_since is not None and s.cart_pending_since <= ts:
+            s.cart_pending_since = None
+        engagement = 3.0
+    elif kind == ix.REFUND:
+        s.refunds += 1
+        s.refunded += rec.amount
+        _decayed(s, ts, cfg, revenue=-rec.amount)
+    elif kind == ix.PRODUCT_VIEW:
+        s.product_views += 1
+        engagement = 1.0
+    elif kind == ix.CART_ADD:
+        s.cart_adds += 1
+        if s.cart_pending_since is None and (s.last_order_at is None or ts > s.last_order_at):
+            s.cart_pending_since = ts
+        engagement = 2.0
+    elif kind == ix.CART_REMOVE:
+        s.cart_removes += 1
+    elif kind == ix.CHECKOUT:
+        s.checkouts += 1
+        engagement = 2.0
+    elif kind == ix.PAGE_VIEW:
+        s.page_views += 1
+        engagement = 0.5
+    elif kind == ix.SCREEN_VIEW:
+        s.screen_views += 1
+        engagement = 0.5
+    elif kind == ix.EMAIL_OPEN:
+        s.email_opens += 1
+        engagement = 0.5
+    elif kind == ix.EMAIL_CLICK:
+        s.email_clicks += 1
+        engagement = 1.0
+    elif kind == ix.EMAIL_UNSUBSCRIBE:
+        s.email_unsubscribed = True
+    elif kind == ix.SUPPORT:
+        s.support_contacts += 1
+    elif kind == ix.IDENTIFY:
+        if rec.traits and ts >= s.traits_at:
+            s.traits.update(rec.traits)
+            s.traits_at = ts
+        elif rec.traits:  # older identify: only fill traits we do not have yet
+            for key, value in rec.traits.items():
+                s.traits.setdefault(key, value)
+    elif kind == ix.CUSTOM:
+        s.custom_events += 1
+        engagement = 0.5
+    if engagement:
+        _decayed(s, ts, cfg, engagement=engagement)
+    if rec.channel and kind not in (ix.IDENTIFY, ix.ALIAS):
+        _bump(s.channels, rec.channel, 1, MAX_CHANNELS)
+    if rec.categories:
+        weight = {ix.ORDER: 3.0, ix.CART_ADD: 2.0}.get(kind, 1.0)
+        for cat in rec.categories:
+            _bump(s.categories, cat, weight, MAX_CATEGORIES)
+    return True
+
+
+def _remember_anon(s: CustomerState, anon: str) -> None:
+    if anon not in s.anonymous_ids:
+        s.anonymous_ids.append(anon)
+        del s.anonymous_ids[:-MAX_ANON_IDS]
+
+
+def _bump(counts: dict[str, Any], key: str, by: float, cap: int) -> None:
+    counts[key] = counts.get(key, 0) + by
+    if len(counts) > cap:
+        weakest = min(counts, key=lambda k: (counts[k], k))
+        del counts[weakest]
+
+
+def _decay_factor(dt: float, cfg: StateConfig) -> float:
+    return math.exp2(-dt / (cfg.half_life_days * DAY))
+
+
+def _decayed(s: CustomerState, ts: float, cfg: StateConfig, *, revenue: float = 0.0,
+             orders: float = 0.0, engagement: float = 0.0) -> None:
+    """Add amounts at event time ``ts`` to decayed sums valued at ``decay_ref``.
+
+    Moving the reference forward scales the sums; an older event is discounted to the
+    reference. Either way the result is the same whatever order events arrive in.
+    """
+    if ts > s.decay_ref:
+        f = _decay_factor(ts - s.decay_ref, cfg)
+        s.revenue_recent *= f
+        s.orders_recent *= f
+        s.engagement_recent *= f
+        s.decay_ref = ts
+        w = 1.0
+    else:
+        w = _decay_factor(s.decay_ref - ts, cfg)
+    s.revenue_recent += revenue * w
+    s.orders_recent += orders * w
+    s.engagement_recent += engagement * w
+
+
+def _abandon_check(s: CustomerState, now: float, cfg: StateConfig) -> None:
+    if s.cart_pending_since is not None and now - s.cart_pending_since > cfg.cart_abandon_after_s:
+        s.carts_abandoned += 1
+        s.cart_pending_since = None
+
+
+def merge(into: CustomerState, other: CustomerState, cfg: StateConfig = StateConfig()
+          ) -> CustomerState:
+    """Pure: the state of ``into`` with an anonymous history ``other`` folded in."""
+    out = into.copy()
+    if other.events == 0:
+        return out
+    if out.events == 0:
+        out.first_seen, out.last_seen, out.decay_ref = other.first_seen, other.last_seen, other.decay_ref
+    for name in ("orders", "refunds", "product_views", "cart_adds", "cart_removes", "checkouts",
+                 "carts_abandoned", "page_views", "screen_views", "sessions", "custom_events",
+                 "email_opens", "email_clicks", "support_contacts", "events"):
+        setattr(out, name, getattr(out, name) + getattr(other, name))
+    out.revenue += other.revenue
+    out.refunded += other.refunded
+    out.email_unsubscribed = out.email_unsubscribed or other.email_unsubscribed
+    out.first_seen = min(out.first_seen, other.first_seen)
+    out.last_seen = max(out.last_seen, other.last_seen)
+    for attr, pick in (("first_order_at", min), ("last_order_at", max)):
+        a, b = getattr(out, attr), getattr(other, attr)
+        setattr(out, attr, b if a is None else a if b is None else pick(a, b))
+    out.recent_orders = sorted(out.recent_orders + other.recent_orders)[-MAX_RECENT_ORDERS:]
+    # align decayed sums to the later reference, then add
+    ref = max(out.decay_ref, other.decay_ref)
+    fa, fb = _decay_factor(ref - out.decay_ref, cfg), _decay_factor(ref - other.decay_ref, cfg)
+    out.revenue_recent = out.revenue_recent * fa + other.revenue_recent * fb
+    out.orders_recent = out.orders_recent * fa + other.orders_recent * fb
+    out.engagement_recent = out.engagement_recent * fa + other.engagement_recent * fb
+    out.decay_ref = ref
+    pending = [p for p in (out.cart_pending_since, other.cart_pending_since) if p is not None]
+    out.cart_pending_since = min(pending) if pending else None
+    for key, value in other.channels.items():
+        _bump(out.channels, key, value, MAX_CHANNELS)
+    for key, value in other.categories.items():
+        _bump(out.categories, key, value, MAX_CATEGORIES)
+    for key, value in other.traits.items():
+        out.traits.setdefault(key, value)
+    for digest in other.seen:
+        if digest not in out.seen:
+            out.seen.append(digest)
+    del out.seen[: max(0, len(out.seen) - cfg.dedupe_window)]
+    _remember_anon(out, other.customer_id)
+    for anon in other.anonymous_ids:
+        _remember_anon(out, anon)
+    return out
