@@ -54,7 +54,6 @@ TRACK_KINDS: dict[str, str] = {
     "ticket created": SUPPORT,
     "support ticket created": SUPPORT,
     "live chat started": SUPPORT,
-    "customer erasure requested": ERASE,
 }
 
 EMAIL_KINDS = frozenset({EMAIL_OPEN, EMAIL_CLICK, EMAIL_UNSUBSCRIBE})

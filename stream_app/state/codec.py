@@ -36,13 +36,17 @@ def to_json(state: CustomerState) -> dict[str, Any]:
 
 
 class StateCodec(codecs.Codec):
-    """Faust codec for the customer table (changelog and rocksdb values)."""
+    """Faust codec for the customer table (changelog and rocksdb values).
+
+    Faust writes a deleted key's tombstone through its raw codec as ``b""``, so an empty
+    value reads back as None (absent).
+    """
 
     def _dumps(self, obj: Any) -> bytes:
         return dumps(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return loads(s)
+        return loads(s) if s else None
 
 
 class JsonCodec(codecs.Codec):
@@ -55,6 +59,17 @@ class JsonCodec(codecs.Codec):
         return orjson.loads(s)
 
 
+class Utf8Codec(codecs.Codec):
+    """Table keys: customer ids as plain UTF-8, so key bytes match the producers' keys."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.encode() if isinstance(obj, str) else bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return s.decode() if s else None
+
+
 def register() -> None:
     codecs.register("customer-state", StateCodec())
     codecs.register("orjson", JsonCodec())
+    codecs.register("utf8", Utf8Codec())

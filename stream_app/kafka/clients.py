@@ -1,0 +1,104 @@
+"""Kafka client configuration from :class:`Settings` (TLS / SASL), and topic creation.
+
+One place turns the security settings into each client library's arguments, so the worker
+(Faust/aiokafka), the CLI tools (kafka-python) and the tests connect the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from ..config import SecurityProtocol, Settings
+
+log = logging.getLogger(__name__)
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.security_protocol not in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+        return None
+    ctx = ssl.create_default_context(
+        cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+    ctx.check_hostname = settings.ssl_check_hostname
+    if settings.ssl_certfile:
+        ctx.load_cert_chain(str(settings.ssl_certfile),
+                            str(settings.ssl_keyfile) if settings.ssl_keyfile else None)
+    return ctx
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """``broker_credentials`` for Faust, or None for PLAINTEXT."""
+    import faust
+
+    proto = settings.security_protocol
+    if proto == SecurityProtocol.PLAINTEXT:
+        return None
+    ctx = ssl_context(settings)
+    if proto == SecurityProtocol.SSL:
+        return faust.SSLCredentials(ctx)
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+    return faust.SASLCredentials(
+        username=settings.sasl_username, password=password,
+        ssl_context=ctx, mechanism=settings.sasl_mechanism.value)
+
+
+def kafka_python_config(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for kafka-python clients (producer, consumer, admin)."""
+    conf: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol.value,
+    }
+    ctx = ssl_context(settings)
+    if ctx is not None:
+        conf["ssl_context"] = ctx
+    if settings.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
+        conf["sasl_mechanism"] = settings.sasl_mechanism.value
+        conf["sasl_plain_username"] = settings.sasl_username
+        conf["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None)
+    return conf
+
+
+def aiokafka_config(settings: Settings) -> dict[str, Any]:
+    conf = kafka_python_config(settings)
+    conf["bootstrap_servers"] = ",".join(settings.bootstrap_servers)
+    return conf
+
+
+def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
+    """(name, partitions, config) of the topics the service reads and writes."""
+    week = str(7 * 24 * 3600 * 1000)
+    return [
+        (settings.input_topic, settings.partitions, {"retention.ms": week}),
+        (settings.routed_topic, settings.partitions, {"retention.ms": week}),
+        (settings.dlq_topic, max(1, min(settings.partitions, 4)),
+         {"retention.ms": str(14 * 24 * 3600 * 1000)}),
+        (settings.changes_topic, settings.partitions,
+         {"cleanup.policy": "delete", "retention.ms": week}),
+    ]
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]:
+    """Create missing topics; return each topic's partition count as the cluster has it."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(client_id=f"{settings.app_id}-admin",
+                             request_timeout_ms=int(timeout_s * 1000),
+                             **kafka_python_config(settings))
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, partitions, settings.replication_factor, topic_configs=conf)
+               for name, partitions, conf in topic_specs(settings) if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:  # another worker won the race
+                pass
+        counts: dict[str, int] = {}
+        for meta in admin.describe_topics([name for name, _, _ in topic_specs(settings)]):
+            counts[meta.get("topic") or meta["name"]] = len(meta.get("partitions") or [])
+        return counts
+    finally:
+        admin.close()

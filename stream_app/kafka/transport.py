@@ -1,0 +1,111 @@
+"""Faust's aiokafka transport, with end offsets verified by reading.
+
+Some Kafka-protocol brokers (Tansu, the embedded broker) answer ListOffsets(latest) with the
+base offset of the last record batch + 1 instead of the last offset + 1. Faust's table
+recovery reads changelogs up to that figure, so it would stop short and lose the tail, and a
+rocksdb-backed worker refuses to start ("persisted offset ... higher than highwater").
+
+Fetch is right on those brokers, so the true end is found by reading: from (reported end - 1)
+read each partition until the fetch comes back empty, and take last offset seen + 1. On a
+correct broker this finds nothing beyond the reported end and changes nothing. The probe runs
+only when Faust asks for highwaters (recovery, start-up), never on the per-message path.
+
+Registered as the ``segmenter-kafka`` transport (entry point ``faust.transports``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+import aiokafka
+from aiokafka.structs import TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+PROBE_IDLE_S = 0.3
+PROBE_DEADLINE_S = 30.0
+
+
+async def probe_true_ends(consumer: aiokafka.AIOKafkaConsumer, reported: Mapping[TP, int],
+                          idle_s: float = PROBE_IDLE_S) -> dict[TP, int]:
+    """Read each partition from (reported end - 1) until idle; return corrected end offsets.
+
+    ``consumer`` must be started, group-less and assigned nothing; it is left unassigned.
+    """
+    ends = {tp: int(off) for tp, off in reported.items()}
+    todo = {TopicPartition(tp.topic, tp.partition): tp for tp, off in ends.items() if off > 0}
+    if not todo:
+        return ends
+    consumer.assign(list(todo))
+    for ktp, tp in todo.items():
+        consumer.seek(ktp, ends[tp] - 1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PROBE_DEADLINE_S
+    try:
+        while loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=10_000)
+            if not batch:
+                break
+            for ktp, records in batch.items():
+                if records:
+                    tp = todo[ktp]
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+    finally:
+        consumer.assign([])
+    changed = {f"{tp.topic}[{tp.partition}]": (reported[tp], ends[tp])
+               for tp in ends if ends[tp] != reported[tp]}
+    if changed:
+        log.info("corrected end offsets reported by the broker: %s", changed)
+    return ends
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    _probe: aiokafka.AIOKafkaConsumer | None = None
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        reported = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return reported
+        probe = await self._probe_consumer()
+        return await probe_true_ends(probe, reported)
+
+    async def _probe_consumer(self) -> aiokafka.AIOKafkaConsumer:
+        if self._probe is None:
+            conf = self.app.conf
+            auth = faust_aiokafka.credentials_to_aiokafka_auth(
+                conf.broker_credentials, conf.ssl_context)
+            transport = cast(Any, self.transport)
+            self._probe = aiokafka.AIOKafkaConsumer(
+                bootstrap_servers=faust_aiokafka.server_list(transport.url,
+                                                             transport.default_port),
+                group_id=None,
+                enable_auto_commit=False,
+                request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
+                isolation_level="read_uncommitted",
+                **auth,
+            )
+            await self._probe.start()
+        return self._probe
+
+    async def on_thread_stop(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            try:
+                await probe.stop()
+            except Exception:  # pragma: no cover - best effort on shutdown
+                log.debug("probe consumer stop failed", exc_info=True)
+        await super().on_thread_stop()
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer

@@ -1,0 +1,323 @@
+"""The batch step: one partition's messages in, state writes and output records out.
+
+No Kafka I/O here: the worker's agent hands in a partition's messages (in offset order) and
+that partition's view of the tables, then sends what comes back. The same code serves the
+stream, benchmarks and tests.
+
+Semantics:
+- input messages are decoded and validated; rejects become dead letters with their origin;
+- an event whose customer lives on another partition is forwarded through the routed topic;
+- anonymous ids already linked to a user are re-keyed to the user;
+- a user event that carries a new anonymous id triggers a merge of that anonymous history;
+- each applied event is followed by an evaluation of every segmentation, at the customer's
+  own event time, so the changes emitted do not depend on how messages were batched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from .events import interaction as ix
+from .events.interaction import Interaction
+from .events.parse import Limits, Rejection, decode
+from .kafka import routing
+from .segmentation.base import Segmentation, change_id
+from .state import codec
+from .state.customer import (
+    CustomerState,
+    StateConfig,
+    apply_in_place,
+    merge,
+    message_digest,
+    new_state,
+)
+from .state.features import features
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What the step needs of a Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float  # seconds
+
+
+@dataclass(slots=True)
+class Change:
+    customer_id: str
+    record: dict[str, Any]  # the SegmentChange JSON document
+    event_ts: float
+    ingest_ts: float
+
+
+@dataclass(slots=True)
+class StepResult:
+    routed: list[tuple[str, int, bytes]] = field(default_factory=list)  # key, partition, value
+    dead_letters: list[tuple[Message, Rejection]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    written: int = 0
+    deleted: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    events_by_kind: dict[str, int] = field(default_factory=dict)
+    max_event_ts: float = 0.0
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Step:
+    """Holds configuration and segmentations; :meth:`run` processes one partition's batch."""
+
+    def __init__(self, *, input_topic: str, routed_topic: str, partitions: int,
+                 segmentations: Sequence[Segmentation], limits: Limits = Limits(),
+                 state_config: StateConfig = StateConfig()) -> None:
+        self.input_topic = input_topic
+        self.routed_topic = routed_topic
+        self.partitions = partitions
+        self.segmentations = list(segmentations)
+        self.limits = limits
+        self.cfg = state_config
+
+    # --- entry point -----------------------------------------------------------------------
+    def run(self, partition: int, messages: Iterable[Message],
+            customers: MutableMapping[str, CustomerState], aliases: MutableMapping[str, str],
+            wall_now: float) -> StepResult:
+        batch = _Batch(self, partition, customers, aliases, wall_now)
+        for msg in messages:
+            if msg.topic == self.routed_topic:
+                batch.on_routed(msg)
+            else:
+                batch.on_input(msg)
+        return batch.finish()
+
+    # --- segmentation -----------------------------------------------------------------------
+    def evaluate(self, state: CustomerState, now: float, cause: str, event_ts: float,
+                 ingest_ts: float, out: list[Change], reason_prefix: str = "") -> None:
+        """Evaluate every segmentation for ``state`` at event time ``now``; record changes."""
+        feats = features(state, now, self.cfg)
+        for seg in self.segmentations:
+            name = seg.name
+            decision = seg.evaluate(state, feats, now, state.segment_aux.get(name))
+            if decision.aux is None:
+                state.segment_aux.pop(name, None)
+            else:
+                state.segment_aux[name] = decision.aux
+            previous = state.segments.get(name)
+            if decision.segment == previous:
+                continue
+            if decision.segment is None:
+                del state.segments[name]
+            else:
+                state.segments[name] = decision.segment
+            out.append(Change(state.customer_id, {
+                "change_id": change_id(state.customer_id, name, previous, decision.segment, cause),
+                "customer_id": state.customer_id,
+                "segmentation": name,
+                "previous_segment": previous,
+                "segment": decision.segment,
+                "segment_name": decision.segment_name,
+                "model_version": decision.version,
+                "occurred_at": _iso(event_ts),
+                "reason": reason_prefix + decision.reason,
+            }, event_ts, ingest_ts))
+
+    def exit_all(self, state: CustomerState, cause: str, event_ts: float, ingest_ts: float,
+                 reason: str, out: list[Change]) -> None:
+        """The customer leaves every segment (erasure, merged into another customer)."""
+        for name, previous in sorted(state.segments.items()):
+            out.append(Change(state.customer_id, {
+                "change_id": change_id(state.customer_id, name, previous, None, cause),
+                "customer_id": state.customer_id,
+                "segmentation": name,
+                "previous_segment": previous,
+                "segment": None,
+                "segment_name": None,
+                "model_version": None,
+                "occurred_at": _iso(event_ts),
+                "reason": reason,
+            }, event_ts, ingest_ts))
+        state.segments.clear()
+
+
+class _Batch:
+    """Working set of one step: states loaded once, written once."""
+
+    def __init__(self, step: Step, partition: int, customers: MutableMapping[str, CustomerState],
+                 aliases: MutableMapping[str, str], wall_now: float) -> None:
+        self.step = step
+        self.partition = partition
+        self.customers = customers
+        self.aliases = aliases
+        self.wall_now = wall_now
+        self.work: dict[str, CustomerState | None] = {}
+        self.dirty: set[str] = set()  # customers whose working state differs from the table
+        self.result = StepResult()
+
+    # --- state access ------------------------------------------------------------------------
+    def _load(self, cid: str) -> CustomerState | None:
+        if cid in self.work:
+            return self.work[cid]
+        stored = self.customers.get(cid)
+        state = stored.copy() if stored is not None else None
+        self.work[cid] = state
+        return state
+
+    def _owned(self, cid: str) -> bool:
+        return routing.partition_for(cid, self.step.partitions) == self.partition
+
+    def _route(self, cid: str, value: bytes) -> None:
+        self.result.routed.append((cid, routing.partition_for(cid, self.step.partitions), value))
+
+    # --- input ------------------------------------------------------------------------------
+    def on_input(self, msg: Message) -> None:
+        recs, rejects = decode(msg.value, now=self.wall_now, fallback_ts=msg.timestamp,
+                               limits=self.step.limits)
+        for rej in rejects:
+            self.result.dead_letters.append((msg, rej))
+        for rec in recs:
+            self.on_interaction(rec, msg.timestamp)
+
+    def on_interaction(self, rec: Interaction, ingest_ts: float) -> None:
+        if rec.kind == ix.ALIAS and rec.previous_id:
+            rec.anonymous_id = rec.previous_id  # alias links previousId to userId
+        cid = rec.customer_id
+        if rec.user_id is None:
+            if not self._owned(cid):
+                self._route(cid, routing.event_op(rec))
+                return
+            user = self.aliases.get(cid)
+            if user is not None:
+                rec.customer_id = cid = user
+        if not self._owned(cid):
+            self._route(cid, routing.event_op(rec))
+            return
+        self._apply(rec, ingest_ts)
+
+    def _apply(self, rec: Interaction, ingest_ts: float) -> None:
+        res = self.result
+        cid = rec.customer_id
+        state = self._load(cid)
+        anon = rec.anonymous_id
+        link = (rec.user_id is not None and anon is not None and anon != cid
+                and (state is None or anon not in state.anonymous_ids))
+        if state is None:
+            state = self.work[cid] = new_state(rec)
+        if not apply_in_place(state, rec, self.step.cfg):
+            res.duplicates += 1
+            return
+        res.applied += 1
+        self.dirty.add(cid)
+        res.events_by_kind[rec.kind] = res.events_by_kind.get(rec.kind, 0) + 1
+        res.max_event_ts = max(res.max_event_ts, rec.ts)
+        if link:
+            assert anon is not None
+            self._route(anon, routing.merge_op(anon, cid))
+        self.step.evaluate(state, state.last_seen, rec.message_id, rec.ts, ingest_ts, res.changes)
+
+    # --- routed operations ------------------------------------------------------------------
+    def on_routed(self, msg: Message) -> None:
+        assert msg.value is not None
+        try:
+            op = routing.parse_op(msg.value)
+        except ValueError:
+            self.result.dead_letters.append(
+                (msg, Rejection("invalid_field", "unreadable routed operation", msg.value)))
+            return
+        kind = op[0]
+        if kind == routing.OP_EVENT:
+            self.on_interaction(Interaction.from_wire(op[1]), msg.timestamp)
+        elif kind == routing.OP_MERGE:
+            self._merge_out(op[1], op[2], msg.timestamp)
+        elif kind == routing.OP_ABSORB:
+            self._absorb(op[1], op[2], op[3].encode(), msg.timestamp)
+        elif kind == routing.OP_ERASE:
+            self._erase(op[1], op[2], msg.timestamp)
+
+    def _merge_out(self, anon: str, user: str, ingest_ts: float) -> None:
+        """At the anonymous id's partition: hand its history to the user, alias the id."""
+        if self.aliases.get(anon) == user:
+            return  # already merged (redelivered operation)
+        self.aliases[anon] = user
+        state = self._load(anon)
+        if state is None:
+            return
+        self.step.exit_all(state, f"merge:{anon}->{user}", state.last_seen, ingest_ts,
+                           f"merged into customer {user}", self.result.changes)
+        self.work[anon] = None
+        self.dirty.add(anon)
+        self._route(user, routing.absorb_op(user, anon, codec.dumps(state)))
+
+    def _absorb(self, user: str, anon: str, payload: bytes, ingest_ts: float) -> None:
+        other = codec.loads(payload)
+        state = self._load(user)
+        marker = message_digest(f"absorb:{anon}")
+        if state is not None and marker in state.seen:
+            return  # redelivered
+        if state is None:
+            state = CustomerState(customer_id=user, first_seen=other.first_seen,
+                                  last_seen=other.last_seen, decay_ref=other.decay_ref)
+        other.segments.clear()
+        other.segment_aux.clear()
+        merged = merge(state, other, self.step.cfg)
+        merged.seen.append(marker)
+        self.work[user] = merged
+        self.dirty.add(user)
+        self.step.evaluate(merged, merged.last_seen, f"absorb:{anon}", merged.last_seen,
+                           ingest_ts, self.result.changes)
+
+    def _erase(self, cid: str, message_id: str, ingest_ts: float) -> None:
+        state = self._load(cid)
+        if state is None:
+            return
+        self.step.exit_all(state, f"erase:{message_id}", state.last_seen, ingest_ts,
+                           "erased on request", self.result.changes)
+        for anon in state.anonymous_ids:
+            if self._owned(anon):
+                self.aliases.pop(anon, None)
+        self.work[cid] = None
+        self.dirty.add(cid)
+
+    def finish(self) -> StepResult:
+        """Write the working set back: one table write per touched customer."""
+        res = self.result
+        for cid in self.dirty:
+            state = self.work[cid]
+            if state is None:
+                if self.customers.get(cid) is not None:
+                    del self.customers[cid]
+                    res.deleted += 1
+            else:
+                self.customers[cid] = state
+                res.written += 1
+        return res
+
+
+def dead_letter_headers(msg: Message, rej: Rejection, rejected_at: float
+                        ) -> list[tuple[str, bytes]]:
+    """Kafka Connect-style DLQ headers: the value stays the original bytes."""
+    headers = [
+        ("segmenter.dlq.reason", rej.reason.encode()),
+        ("segmenter.dlq.detail", rej.detail.encode()[:2000]),
+        ("segmenter.dlq.topic", msg.topic.encode()),
+        ("segmenter.dlq.partition", str(msg.partition).encode()),
+        ("segmenter.dlq.offset", str(msg.offset).encode()),
+        ("segmenter.dlq.rejected_at", _iso(rejected_at).encode()),
+    ]
+    if rej.batch_index is not None:
+        headers.append(("segmenter.dlq.batch_index", str(rej.batch_index).encode()))
+    return headers
+
+
+def change_bytes(change: Change) -> bytes:
+    return orjson.dumps(change.record)
