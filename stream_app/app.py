@@ -7,7 +7,6 @@ comes back (routed records, dead letters, segment changes).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import weakref
@@ -169,7 +168,13 @@ class Runtime:
         """Read a customer's state from this worker's table (None if absent here)."""
         return self.customers.get(customer_id)
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.app.rebalancing and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+    def ready(self) -> bool:
+        """Joined the group, partitions assigned and tables recovered."""
+        app = self.app
+        if app.rebalancing or app.in_recovery:
+            return False
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:
+            return False
+        return bool(assigned) and app.tables.recovery.completed.is_set()

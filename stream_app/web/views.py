@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
 from ..state.codec import to_json
@@ -20,7 +21,7 @@ def register_views(rt: Runtime) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            consumer_ready = not app.rebalancing and app.consumer is not None
+            consumer_ready = rt.ready()
             body = {
                 "status": "ok" if consumer_ready else "starting",
                 "app_id": rt.settings.app_id,
@@ -36,8 +37,15 @@ def register_views(rt: Runtime) -> None:
 
     @app.page("/customers/{customer_id}")
     class Customer(View):
-        @app.table_route(table=rt.customers, match_info="customer_id")
         async def get(self, request: Request, customer_id: str) -> Response:
+            # The customer's partition may be served by another worker: proxy there.
+            try:
+                return await app.router.route_req(rt.customers.name, customer_id, self.web,
+                                                  request)
+            except SameNode:
+                pass
+            except (TypeError, KeyError):  # assignment metadata not known yet: answer locally
+                pass
             state = rt.customer(customer_id)
             if state is None:
                 return self.json({"error": "unknown customer", "id": customer_id}, status=404)

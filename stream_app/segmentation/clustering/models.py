@@ -1,0 +1,342 @@
+"""River clustering models behind one small contract, with a plain-JSON snapshot format.
+
+Every algorithm offered (``stream_app.config.ClusterModel``) is wrapped so the trainer and the
+tests drive it the same way (:class:`Clusterer`): ``learn_one(x)``, ``predict_one(x)`` (a raw
+cluster id, or ``None`` while the model has no cluster), ``centres()`` and
+``to_snapshot()`` / :func:`model_from_snapshot`.
+
+Why wrappers rather than River objects directly:
+
+* **No pickle.** A snapshot is a JSON-safe dict (``format``, ``algorithm``, ``features``,
+  ``params``, ``state``) holding the model's full internal state, so a restored model makes
+  the same predictions and keeps learning exactly as the original would.
+* **Determinism.** River keys features by whatever the input dict uses; with string keys,
+  ``KMeans`` draws random initial coordinates in set-iteration order, which changes with
+  ``PYTHONHASHSEED``. The wrappers feed River integer keys (the feature's position) and
+  draw every initial coordinate up front, so a seed gives the same model in every process.
+* **"Unknown" instead of an arbitrary answer.** Untrained River models return cluster 0;
+  the wrappers return ``None`` until the model has a cluster.
+
+Raw cluster ids are River's own and are *not* stable over time (they move, merge and
+vanish as the model learns); :mod:`.stable` maps them to lasting segment ids.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+from river import cluster
+from river.cluster.denstream import DenStreamMicroCluster
+
+from .vectorize import FEATURES
+
+FORMAT = 1
+
+
+class Clusterer(Protocol):
+    """What the trainer needs from a clustering model."""
+
+    algorithm: str
+    features: tuple[str, ...]
+
+    def learn_one(self, x: Mapping[str, float]) -> None:
+        """Learn from one vector (every name in ``features`` must be present)."""
+        ...
+
+    def predict_one(self, x: Mapping[str, float]) -> int | None:
+        """Raw id of the cluster ``x`` belongs to; ``None`` while there is no cluster."""
+        ...
+
+    def centres(self) -> dict[int, list[float]]:
+        """Raw cluster id -> centre (values in ``features`` order)."""
+        ...
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """The whole model as a JSON-safe dict; :func:`model_from_snapshot` reverses it."""
+        ...
+
+
+class _RiverModel:
+    """Shared plumbing: feature-name <-> integer-key mapping and the snapshot envelope."""
+
+    algorithm: ClassVar[str]
+
+    def __init__(self, features: Sequence[str], params: dict[str, Any]) -> None:
+        if len(set(features)) != len(features) or not features:
+            raise ValueError("features must be distinct names")
+        self.features = tuple(features)
+        self.params = params
+
+    def _keyed(self, x: Mapping[str, float]) -> dict[int, float]:
+        return {i: float(x[name]) for i, name in enumerate(self.features)}
+
+    def _listed(self, centre: Mapping[int, float]) -> list[float]:
+        return [float(centre[i]) for i in range(len(self.features))]
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {"format": FORMAT, "algorithm": self.algorithm, "features": list(self.features),
+                "params": dict(self.params), "state": self._state()}
+
+    def _state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+
+def _materialise(model: cluster.KMeans, n_features: int) -> None:
+    """Draw every initial coordinate now, in a fixed order (see the module docstring)."""
+    for centre in model.centers.values():
+        for i in range(n_features):
+            centre[i]  # noqa: B018 - the lookup itself draws the value
+
+
+def _set_centres(model: cluster.KMeans, centres: Sequence[Sequence[float]]) -> None:
+    for i, values in enumerate(centres):
+        model.centers[i].update(enumerate(values))
+
+
+class KMeansModel(_RiverModel):
+    """``river.cluster.KMeans``: each point moves its nearest centre by ``halflife``.
+
+    River starts centres at random Gaussian positions; a centre no point ever reached stays
+    there, so ``centres()`` lists only centres that have learned at least one point.
+    """
+
+    algorithm = "kmeans"
+
+    def __init__(self, features: Sequence[str] = FEATURES, *, clusters: int = 7,
+                 halflife: float = 0.02, sigma: float = 1.0, seed: int = 0) -> None:
+        super().__init__(features, {"clusters": clusters, "halflife": halflife, "sigma": sigma,
+                                    "seed": seed})
+        self._river = cluster.KMeans(n_clusters=clusters, halflife=halflife, sigma=sigma,
+                                     seed=seed)
+        _materialise(self._river, len(self.features))
+        self._wins = [0] * clusters
+
+    def learn_one(self, x: Mapping[str, float]) -> None:
+        self._wins[self._river.learn_predict_one(self._keyed(x))] += 1
+
+    def predict_one(self, x: Mapping[str, float]) -> int | None:
+        trained = self.centres()
+        if not trained:
+            return None
+        keyed = self._keyed(x)
+        return min(trained, key=lambda c: sum((v - keyed[i]) ** 2
+                                              for i, v in enumerate(trained[c])))
+
+    def centres(self) -> dict[int, list[float]]:
+        return {i: self._listed(c) for i, c in self._river.centers.items() if self._wins[i]}
+
+    def _state(self) -> dict[str, Any]:
+        return {"centres": [self._listed(c) for c in self._river.centers.values()],
+                "wins": list(self._wins)}
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        _set_centres(self._river, state["centres"])
+        self._wins = [int(w) for w in state["wins"]]
+
+
+class STREAMKMeansModel(_RiverModel):
+    """``river.cluster.STREAMKMeans``: k-means over chunks, whose centres feed a KMeans."""
+
+    algorithm = "streamkmeans"
+
+    def __init__(self, features: Sequence[str] = FEATURES, *, clusters: int = 7,
+                 chunk_size: int = 200, halflife: float = 0.1, sigma: float = 1.0,
+                 seed: int = 0) -> None:
+        super().__init__(features, {"clusters": clusters, "chunk_size": chunk_size,
+                                    "halflife": halflife, "sigma": sigma, "seed": seed})
+        self._river = cluster.STREAMKMeans(chunk_size=chunk_size, n_clusters=clusters,
+                                           halflife=halflife, sigma=sigma, seed=seed)
+        _materialise(self._river._kmeans, len(self.features))
+
+    def learn_one(self, x: Mapping[str, float]) -> None:
+        self._river.learn_one(self._keyed(x))
+
+    def predict_one(self, x: Mapping[str, float]) -> int | None:
+        if not self._river.centers:  # no chunk completed yet
+            return None
+        return int(self._river.predict_one(self._keyed(x)))
+
+    def centres(self) -> dict[int, list[float]]:
+        return {i: self._listed(c) for i, c in self._river.centers.items()}
+
+    def _state(self) -> dict[str, Any]:
+        r = self._river
+        return {"time_stamp": r.time_stamp,
+                "chunk": [[i, self._listed(p)] for i, p in r._temp_chunk.items()],
+                "centres": [self._listed(c) for c in r._kmeans.centers.values()]}
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        r = self._river
+        r.time_stamp = int(state["time_stamp"])
+        r._temp_chunk = {int(i): dict(enumerate(p)) for i, p in state["chunk"]}
+        _set_centres(r._kmeans, state["centres"])
+        # River publishes the inner centres only once a chunk has been processed
+        r.centers = r._kmeans.centers if r.time_stamp >= r.chunk_size else {}
+
+
+class DBSTREAMModel(_RiverModel):
+    """``river.cluster.DBSTREAM``: micro-clusters joined by shared density into clusters.
+
+    The number of clusters is found by the algorithm (``clusters`` is not a parameter).
+    """
+
+    algorithm = "dbstream"
+
+    def __init__(self, features: Sequence[str] = FEATURES, *, clustering_threshold: float = 1.5,
+                 fading_factor: float = 0.0005, cleanup_interval: int = 200,
+                 intersection_factor: float = 0.3, minimum_weight: float = 3.0) -> None:
+        super().__init__(features, {
+            "clustering_threshold": clustering_threshold, "fading_factor": fading_factor,
+            "cleanup_interval": cleanup_interval, "intersection_factor": intersection_factor,
+            "minimum_weight": minimum_weight})
+        self._river = cluster.DBSTREAM(
+            clustering_threshold=clustering_threshold, fading_factor=fading_factor,
+            cleanup_interval=cleanup_interval, intersection_factor=intersection_factor,
+            minimum_weight=minimum_weight)
+
+    def learn_one(self, x: Mapping[str, float]) -> None:
+        self._river.learn_one(self._keyed(x))
+
+    def predict_one(self, x: Mapping[str, float]) -> int | None:
+        if not self._river.centers:
+            return None
+        return int(self._river.predict_one(self._keyed(x)))
+
+    def centres(self) -> dict[int, list[float]]:
+        return {int(i): self._listed(c) for i, c in self._river.centers.items()}
+
+    def _state(self) -> dict[str, Any]:
+        r = self._river
+        return {
+            "time_stamp": r._time_stamp,
+            "micro": [[i, self._listed(mc.center), mc.last_update, mc.weight]
+                      for i, mc in r._micro_clusters.items()],
+            "s": [[i, [[j, v, r.s_t[i][j]] for j, v in row.items()]] for i, row in r.s.items()],
+        }
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        r = self._river
+        r._time_stamp = int(state["time_stamp"])
+        r._micro_clusters = {
+            int(i): cluster.dbstream.DBSTREAMMicroCluster(
+                x=dict(enumerate(centre)), last_update=int(last), weight=float(weight))
+            for i, centre, last, weight in state["micro"]}
+        r.s = {int(i): {int(j): float(v) for j, v, _ in row} for i, row in state["s"]}
+        r.s_t = {int(i): {int(j): int(t) for j, _, t in row} for i, row in state["s"]}
+        r.clustering_is_up_to_date = False
+
+
+class DenStreamModel(_RiverModel):
+    """``river.cluster.DenStream``: potential/outlier micro-clusters, DBSCAN on request.
+
+    River's ``predict_one`` builds the final clusters by shallow-copying micro-clusters and
+    merging into them, which alters the shared sums of the live micro-clusters: every
+    prediction would change the model. The wrapper therefore runs it on a deep copy (slow,
+    but serving never calls it: workers score against snapshot centres).
+    """
+
+    algorithm = "denstream"
+
+    def __init__(self, features: Sequence[str] = FEATURES, *, decaying_factor: float = 0.01,
+                 beta: float = 0.5, mu: float = 4.0, epsilon: float = 1.0,
+                 n_samples_init: int = 500, stream_speed: int = 100) -> None:
+        super().__init__(features, {
+            "decaying_factor": decaying_factor, "beta": beta, "mu": mu, "epsilon": epsilon,
+            "n_samples_init": n_samples_init, "stream_speed": stream_speed})
+        self._river = cluster.DenStream(
+            decaying_factor=decaying_factor, beta=beta, mu=mu, epsilon=epsilon,
+            n_samples_init=n_samples_init, stream_speed=stream_speed)
+
+    def learn_one(self, x: Mapping[str, float]) -> None:
+        self._river.learn_one(self._keyed(x))
+
+    def _reclustered(self) -> cluster.DenStream | None:
+        if not self._river.initialized or not self._river.p_micro_clusters:
+            return None
+        scratch = copy.deepcopy(self._river)
+        scratch.predict_one({i: 0.0 for i in range(len(self.features))})
+        return scratch
+
+    def predict_one(self, x: Mapping[str, float]) -> int | None:
+        scratch = self._reclustered()
+        return None if scratch is None else int(scratch.predict_one(self._keyed(x)))
+
+    def centres(self) -> dict[int, list[float]]:
+        scratch = self._reclustered()
+        if scratch is None:
+            return {}
+        return {int(i): self._listed(c) for i, c in scratch.centers.items()}
+
+    def _state(self) -> dict[str, Any]:
+        r = self._river
+        state: dict[str, Any] = {
+            "timestamp": r.timestamp, "initialized": r.initialized,
+            "n_seen": r._n_samples_seen,
+            "p": [[k, self._micro(mc)] for k, mc in r.p_micro_clusters.items()],
+            "o": [[k, self._micro(mc)] for k, mc in r.o_micro_clusters.items()],
+        }
+        if not r.initialized:
+            state["buffer"] = [[self._listed(b.x), b.timestamp[0], b.covered]
+                               for b in r._init_buffer]
+        return state
+
+    def _micro(self, mc: DenStreamMicroCluster) -> dict[str, Any]:
+        return {"x": self._listed(mc.x), "last": mc.last_edit_time, "created": mc.creation_time,
+                "n": mc.N, "ls": self._listed(mc.linear_sum), "ss": self._listed(mc.squared_sum)}
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        r = self._river
+        r.timestamp = int(state["timestamp"])
+        r.initialized = bool(state["initialized"])
+        r._n_samples_seen = int(state["n_seen"])
+        r.p_micro_clusters = {int(k): self._unmicro(m) for k, m in state["p"]}
+        r.o_micro_clusters = {int(k): self._unmicro(m) for k, m in state["o"]}
+        if r.initialized:
+            del r._init_buffer  # River drops the buffer once initialised
+        else:
+            r._init_buffer.extend(r.BufferItem(dict(enumerate(x)), int(ts), bool(covered))
+                                  for x, ts, covered in state["buffer"])
+
+    def _unmicro(self, doc: Mapping[str, Any]) -> DenStreamMicroCluster:
+        mc = DenStreamMicroCluster(x=dict(enumerate(doc["x"])), timestamp=int(doc["created"]),
+                                   decaying_factor=self._river.decaying_factor)
+        mc.last_edit_time = int(doc["last"])
+        mc.N = doc["n"]
+        mc.linear_sum = dict(enumerate(doc["ls"]))
+        mc.squared_sum = dict(enumerate(doc["ss"]))
+        return mc
+
+
+MODELS: dict[str, type[_RiverModel]] = {
+    m.algorithm: m for m in (KMeansModel, STREAMKMeansModel, DBSTREAMModel, DenStreamModel)
+}
+# Algorithms whose number of clusters is a parameter (the others find it themselves).
+TAKES_CLUSTERS = frozenset({"kmeans", "streamkmeans"})
+
+
+def make_model(algorithm: str, features: Sequence[str] = FEATURES, *, clusters: int = 7,
+               seed: int = 0, **params: Any) -> Clusterer:
+    """A fresh model by name (a ``ClusterModel`` value) with tuned defaults, overridable."""
+    try:
+        factory: Callable[..., Clusterer] = MODELS[algorithm]  # type: ignore[assignment]
+    except KeyError:
+        raise ValueError(f"unknown clustering algorithm {algorithm!r}; "
+                         f"one of {sorted(MODELS)}") from None
+    if algorithm in TAKES_CLUSTERS:
+        params = {"clusters": clusters, "seed": seed, **params}
+    return factory(features, **params)
+
+
+def model_from_snapshot(doc: Mapping[str, Any]) -> Clusterer:
+    """Rebuild a model from :meth:`Clusterer.to_snapshot` output (after a JSON round trip)."""
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"unsupported model snapshot format {doc.get('format')!r}")
+    model = MODELS[doc["algorithm"]](doc["features"], **doc["params"])
+    model._restore(doc["state"])
+    return model  # type: ignore[return-value]
+
