@@ -16,15 +16,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
 from prometheus_client import Counter as PromCounter
+from prometheus_client.exposition import choose_encoder
 
 from .events.interaction import KINDS
 from .events.parse import REASONS
@@ -130,13 +124,13 @@ class Metrics:
         self.batch_size.observe(messages)
         self.batch_seconds.observe(seconds)
 
-    def count_events(self, kinds: Iterable[str]) -> None:
-        """The kinds of the valid events of a batch, e.g. ``(i.kind for i in interactions)``."""
+    def count_events(self, kinds: Iterable[str] | Mapping[str, int]) -> None:
+        """A batch's valid events: their kinds (``i.kind for i in good``) or counts by kind."""
         for kind, n in Counter(kinds).items():
             self.events_in.labels(kind if kind in self._kinds else OTHER).inc(n)
 
-    def count_dead_letters(self, reasons: Iterable[str]) -> None:
-        """The reason codes of the rejections of a batch."""
+    def count_dead_letters(self, reasons: Iterable[str] | Mapping[str, int]) -> None:
+        """The rejections of a batch: their reason codes, or counts by reason."""
         for reason, n in Counter(reasons).items():
             self.dead_letters.labels(reason if reason in self._reasons else OTHER).inc(n)
 
@@ -200,9 +194,13 @@ class Metrics:
         self.broker_stalled.set(1 if stalled else 0)
 
     # --- exposition ---------------------------------------------------------------------------
-    def exposition(self) -> tuple[bytes, str]:
-        """The ``/metrics`` response: body and content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The ``/metrics`` response for a request's ``Accept`` header: body, Content-Type.
+
+        Prometheus text by default, OpenMetrics when the scraper asks for it.
+        """
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
     def _model_age(self) -> float:
         if self._trained_at is None:

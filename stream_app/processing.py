@@ -227,20 +227,24 @@ class _Batch:
 
     # --- routed operations ------------------------------------------------------------------
     def on_routed(self, msg: Message) -> None:
-        assert msg.value is not None
+        # Decode everything before touching state: an unreadable operation (a tombstone, a
+        # foreign producer, a state layout from another version) is dead-lettered rather
+        # than crashing the worker on every restart.
         try:
-            op = routing.parse_op(msg.value)
-        except ValueError:
-            self.result.dead_letters.append(
-                (msg, Rejection("invalid_field", "unreadable routed operation", msg.value)))
+            op = routing.parse_op(msg.value or b"")
+            rec = Interaction.from_wire(op[1]) if op[0] == routing.OP_EVENT else None
+            other = codec.loads(op[3].encode()) if op[0] == routing.OP_ABSORB else None
+        except (ValueError, TypeError) as exc:
+            self.result.dead_letters.append((msg, Rejection(
+                "invalid_field", f"unreadable routed operation: {exc}"[:1000], msg.value or b"")))
             return
         kind = op[0]
-        if kind == routing.OP_EVENT:
-            self.on_interaction(Interaction.from_wire(op[1]), msg.timestamp)
+        if rec is not None:
+            self.on_interaction(rec, msg.timestamp)
         elif kind == routing.OP_MERGE:
             self._merge_out(op[1], op[2], msg.timestamp)
-        elif kind == routing.OP_ABSORB:
-            self._absorb(op[1], op[2], op[3].encode(), msg.timestamp)
+        elif other is not None:
+            self._absorb(op[1], op[2], other, msg.timestamp)
         elif kind == routing.OP_ERASE:
             self._erase(op[1], op[2], msg.timestamp)
 
@@ -258,8 +262,7 @@ class _Batch:
         self.dirty.add(anon)
         self._route(user, routing.absorb_op(user, anon, codec.dumps(state)))
 
-    def _absorb(self, user: str, anon: str, payload: bytes, ingest_ts: float) -> None:
-        other = codec.loads(payload)
+    def _absorb(self, user: str, anon: str, other: CustomerState, ingest_ts: float) -> None:
         state = self._load(user)
         marker = message_digest(f"absorb:{anon}")
         if state is not None and marker in state.seen:

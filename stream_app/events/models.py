@@ -127,7 +127,8 @@ class Traits(_Open):
 class _Event(_Open):
     messageId: Id | None = Field(
         None, description="Unique per message; used to apply a redelivered message once. "
-        "When absent a digest of the message content stands in."
+        "When absent a digest of the message content stands in (with the Kafka record "
+        "timestamp when the event has no timestamp of its own)."
     )
     userId: Id | None = None
     anonymousId: Id | None = None

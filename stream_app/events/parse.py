@@ -100,19 +100,26 @@ def _one(doc: Any, ctx: dict[str, float], fallback_ts: float, raw: bytes | None
     if not isinstance(doc, dict):
         return NOT_OBJECT, f"expected a JSON object, got {type(doc).__name__}"
     kind = doc.get("type")
-    if kind not in KNOWN_TYPES:
+    if not isinstance(kind, str) or kind not in KNOWN_TYPES:  # a list/dict is unhashable
         return UNKNOWN_TYPE, f"type {str(kind)[:40]!r} is not one of {sorted(KNOWN_TYPES)}"
     try:
         event = _ADAPTER.validate_python(doc, context=ctx)
     except ValidationError as exc:
         return _classify(exc)
-    message_id = event.messageId or _digest(raw if raw is not None else orjson.dumps(
-        doc, option=orjson.OPT_SORT_KEYS))
+    message_id = event.messageId or _digest(
+        raw if raw is not None else orjson.dumps(doc, option=orjson.OPT_SORT_KEYS),
+        None if event.event_time is not None else fallback_ts)
     return normalise(event, message_id, fallback_ts)
 
 
-def _digest(payload: bytes) -> str:
-    return "sha1:" + hashlib.sha1(payload, usedforsecurity=False).hexdigest()
+def _digest(payload: bytes, record_ts: float | None) -> str:
+    """Stand-in message id. An event without its own timestamp takes the record's as its
+    event time, so the record timestamp is part of its identity too: identical bodies sent at
+    different times are different events, while a redelivered record keeps its timestamp."""
+    h = hashlib.sha1(payload, usedforsecurity=False)
+    if record_ts is not None:
+        h.update(b"@" + repr(float(record_ts)).encode())
+    return "sha1:" + h.hexdigest()
 
 
 def _classify(exc: ValidationError) -> tuple[str, str]:

@@ -44,9 +44,17 @@ def erase_op(customer_id: str, message_id: str) -> bytes:
     return orjson.dumps([OP_ERASE, customer_id, message_id])
 
 
+_ARITY = {OP_EVENT: 2, OP_MERGE: 3, OP_ABSORB: 4, OP_ERASE: 3}
+
+
 def parse_op(value: bytes) -> list[Any]:
+    """A routed operation, checked for shape; ValueError if it is not one."""
     op = orjson.loads(value)
-    if not isinstance(op, list) or not op or op[0] not in (OP_EVENT, OP_MERGE, OP_ABSORB,
-                                                            OP_ERASE):
+    if not isinstance(op, list) or not op or not isinstance(op[0], str) or op[0] not in _ARITY:
         raise ValueError(f"unknown routed operation {str(op)[:60]}")
+    if len(op) != _ARITY[op[0]] or (
+        not isinstance(op[1], list) if op[0] == OP_EVENT
+        else not all(isinstance(arg, str) for arg in op[1:])
+    ):
+        raise ValueError(f"malformed routed operation {str(op)[:60]}")
     return op

@@ -35,7 +35,8 @@ async def probe_true_ends(consumer: aiokafka.AIOKafkaConsumer, reported: Mapping
                           idle_s: float = PROBE_IDLE_S) -> dict[TP, int]:
     """Read each partition from (reported end - 1) until idle; return corrected end offsets.
 
-    ``consumer`` must be started, group-less and assigned nothing; it is left unassigned.
+    ``consumer`` must be started, group-less and assigned nothing; the caller stops it
+    afterwards (aiokafka's stop() can hang on a consumer whose assignment was emptied).
     """
     ends = {tp: int(off) for tp, off in reported.items()}
     todo = {TopicPartition(tp.topic, tp.partition): tp for tp, off in ends.items() if off > 0}
@@ -46,17 +47,14 @@ async def probe_true_ends(consumer: aiokafka.AIOKafkaConsumer, reported: Mapping
         consumer.seek(ktp, ends[tp] - 1)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PROBE_DEADLINE_S
-    try:
-        while loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=10_000)
-            if not batch:
-                break
-            for ktp, records in batch.items():
-                if records:
-                    tp = todo[ktp]
-                    ends[tp] = max(ends[tp], records[-1].offset + 1)
-    finally:
-        consumer.assign([])
+    while loop.time() < deadline:
+        batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=10_000)
+        if not batch:
+            break
+        for ktp, records in batch.items():
+            if records:
+                tp = todo[ktp]
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
     changed = {f"{tp.topic}[{tp.partition}]": (reported[tp], ends[tp])
                for tp in ends if ends[tp] != reported[tp]}
     if changed:
@@ -65,41 +63,27 @@ async def probe_true_ends(consumer: aiokafka.AIOKafkaConsumer, reported: Mapping
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    _probe: aiokafka.AIOKafkaConsumer | None = None
-
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = await super()._highwaters(partitions)
-        if self.consumer.in_transaction:
+        if self.consumer.in_transaction or not any(reported.values()):
             return reported
-        probe = await self._probe_consumer()
-        return await probe_true_ends(probe, reported)
-
-    async def _probe_consumer(self) -> aiokafka.AIOKafkaConsumer:
-        if self._probe is None:
-            conf = self.app.conf
-            auth = faust_aiokafka.credentials_to_aiokafka_auth(
-                conf.broker_credentials, conf.ssl_context)
-            transport = cast(Any, self.transport)
-            self._probe = aiokafka.AIOKafkaConsumer(
-                bootstrap_servers=faust_aiokafka.server_list(transport.url,
-                                                             transport.default_port),
-                group_id=None,
-                enable_auto_commit=False,
-                request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
-                isolation_level="read_uncommitted",
-                **auth,
-            )
-            await self._probe.start()
-        return self._probe
-
-    async def on_thread_stop(self) -> None:
-        probe, self._probe = self._probe, None
-        if probe is not None:
-            try:
-                await probe.stop()
-            except Exception:  # pragma: no cover - best effort on shutdown
-                log.debug("probe consumer stop failed", exc_info=True)
-        await super().on_thread_stop()
+        conf = self.app.conf
+        auth = faust_aiokafka.credentials_to_aiokafka_auth(
+            conf.broker_credentials, conf.ssl_context)
+        transport = cast(Any, self.transport)
+        # Short-lived and group-less: it must not prefetch or join anything afterwards.
+        probe = aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=faust_aiokafka.server_list(transport.url, transport.default_port),
+            group_id=None,
+            enable_auto_commit=False,
+            request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
+            **auth,
+        )
+        await probe.start()
+        try:
+            return await probe_true_ends(probe, reported)
+        finally:
+            await probe.stop()
 
 
 class Consumer(faust_aiokafka.Consumer):

@@ -138,10 +138,13 @@ def apply_in_place(s: CustomerState, rec: Interaction, cfg: StateConfig) -> bool
     if rec.anonymous_id and rec.anonymous_id != s.customer_id:
         _remember_anon(s, rec.anonymous_id)
 
-    # sessions: a gap of session_gap_s in event time opens a new one
-    if s.events == 1 or ts - s.last_seen > cfg.session_gap_s or ts < s.first_seen - cfg.session_gap_s:
-        if rec.kind not in (ix.IDENTIFY, ix.ALIAS, ix.EMAIL_OPEN):
-            s.sessions += 1
+    # sessions: a gap of session_gap_s in event time opens a new one. "sessions == 0" rather
+    # than "first event": a customer first seen through an identify or an email open still
+    # opens a session with their first visit.
+    gap = cfg.session_gap_s
+    opens = s.sessions == 0 or ts - s.last_seen > gap or ts < s.first_seen - gap
+    if opens and rec.kind not in (ix.IDENTIFY, ix.ALIAS, ix.EMAIL_OPEN):
+        s.sessions += 1
     s.first_seen = min(s.first_seen, ts) if s.events > 1 else ts
     s.last_seen = max(s.last_seen, ts)
 
@@ -154,7 +157,7 @@ def apply_in_place(s: CustomerState, rec: Interaction, cfg: StateConfig) -> bool
         s.first_order_at = ts if s.first_order_at is None else min(s.first_order_at, ts)
         s.last_order_at = ts if s.last_order_at is None else max(s.last_order_at, ts)
         s.recent_orders.append([ts, rec.amount])
-        s.recent_orders.sort(key=lambda o: o[0])
+        s.recent_orders.sort()  # by (ts, amount): the same list whatever the arrival order
         del s.recent_orders[:-MAX_RECENT_ORDERS]
         _decayed(s, ts, cfg, revenue=rec.amount, orders=1.0)
         if s.cart_pending_since is not None and s.cart_pending_since <= ts:
@@ -286,7 +289,10 @@ def merge(into: CustomerState, other: CustomerState, cfg: StateConfig = StateCon
     out.orders_recent = out.orders_recent * fa + other.orders_recent * fb
     out.engagement_recent = out.engagement_recent * fa + other.engagement_recent * fb
     out.decay_ref = ref
-    pending = [p for p in (out.cart_pending_since, other.cart_pending_since) if p is not None]
+    # A cart stays pending only if no order in the merged history came at or after it (as in
+    # apply): an anonymous cart checked out once signed in is not abandoned.
+    pending = [p for p in (out.cart_pending_since, other.cart_pending_since)
+               if p is not None and (out.last_order_at is None or p > out.last_order_at)]
     out.cart_pending_since = min(pending) if pending else None
     for key, value in other.channels.items():
         _bump(out.channels, key, value, MAX_CHANNELS)

@@ -22,8 +22,8 @@ def features(s: CustomerState, now: float, cfg: StateConfig = StateConfig()) -> 
     decay = _decay_factor(max(now - s.decay_ref, 0.0), cfg)
     orders_30d = sum(1 for ts, _ in s.recent_orders if now - ts <= 30 * DAY)
     orders_90d = sum(1 for ts, _ in s.recent_orders if now - ts <= 90 * DAY)
-    revenue_30d = sum(a for ts, a in s.recent_orders if now - ts <= 30 * DAY)
-    revenue_90d = sum(a for ts, a in s.recent_orders if now - ts <= 90 * DAY)
+    revenue_30d = sum((a for ts, a in s.recent_orders if now - ts <= 30 * DAY), 0.0)
+    revenue_90d = sum((a for ts, a in s.recent_orders if now - ts <= 90 * DAY), 0.0)
     net = max(s.revenue - s.refunded, 0.0)
     pending_abandon = (
         s.cart_pending_since is not None and now - s.cart_pending_since > cfg.cart_abandon_after_s

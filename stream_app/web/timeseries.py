@@ -172,8 +172,10 @@ class Sampler:
     def sample(self) -> None:
         """Read the registry once and append a point to every series."""
         now = round(self._clock(), 3)
+        if self._last is not None and now <= self._last[0]:
+            return  # the clock has not moved on: nothing new to say
         reading = _read(self.registry)
-        if self._last is not None and now > self._last[0]:
+        if self._last is not None:
             elapsed = now - self._last[0]
             before = self._last[1]
             for series, (family, factor) in RATES.items():

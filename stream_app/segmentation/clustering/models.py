@@ -24,9 +24,11 @@ vanish as the model learns); :mod:`.stable` maps them to lasting segment ids.
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 from river import cluster
 from river.cluster.denstream import DenStreamMicroCluster
 
@@ -99,44 +101,145 @@ def _set_centres(model: cluster.KMeans, centres: Sequence[Sequence[float]]) -> N
 
 
 class KMeansModel(_RiverModel):
-    """``river.cluster.KMeans``: each point moves its nearest centre by ``halflife``.
+    """``river.cluster.KMeans`` (each point moves its nearest centre by ``halflife``), made
+    robust to its start and to a population whose shape changes.
 
-    River starts centres at random Gaussian positions; a centre no point ever reached stays
-    there, so ``centres()`` lists only centres that have learned at least one point.
+    Sequential k-means never leaves a bad configuration: River's random Gaussian start leaves
+    centres no point reaches, and once two groups share a centre while another group holds
+    two, nothing pulls them apart (measured on simulated traffic: ARI 0.54 against the true
+    personas, against 0.95 for batch k-means on the same vectors). So the wrapper keeps the
+    last ``window`` points and
+
+    * seeds the centres from the first ``window`` points (k-means++ and Lloyd, best of
+      ``restarts``) instead of at random;
+    * every ``check_every`` points, runs the same batch k-means on the window and adopts its
+      centres only if they fit the window better by more than ``min_gain`` (relative
+      inertia). A settled model is left alone, so centres (and segments) do not jump.
+
+    Between checks River does the learning, so centres follow drift point by point.
+    ``centres()`` lists only centres that hold points.
     """
 
     algorithm = "kmeans"
 
     def __init__(self, features: Sequence[str] = FEATURES, *, clusters: int = 7,
-                 halflife: float = 0.02, sigma: float = 1.0, seed: int = 0) -> None:
-        super().__init__(features, {"clusters": clusters, "halflife": halflife, "sigma": sigma,
-                                    "seed": seed})
-        self._river = cluster.KMeans(n_clusters=clusters, halflife=halflife, sigma=sigma,
-                                     seed=seed)
+                 halflife: float = 0.005, window: int = 1000, check_every: int = 2000,
+                 restarts: int = 5, min_gain: float = 0.1, seed: int = 0) -> None:
+        if window < clusters:
+            raise ValueError("window must hold at least `clusters` points")
+        super().__init__(features, {
+            "clusters": clusters, "halflife": halflife, "window": window,
+            "check_every": check_every, "restarts": restarts, "min_gain": min_gain,
+            "seed": seed})
+        self._river = cluster.KMeans(n_clusters=clusters, halflife=halflife, seed=seed)
         _materialise(self._river, len(self.features))
+        self._window: deque[list[float]] = deque(maxlen=window)
         self._wins = [0] * clusters
+        self._n = 0
+        self._checks = 0
 
     def learn_one(self, x: Mapping[str, float]) -> None:
-        self._wins[self._river.learn_predict_one(self._keyed(x))] += 1
+        keyed = self._keyed(x)
+        self._window.append(self._listed(keyed))
+        self._n += 1
+        p = self.params
+        if self._n < p["window"]:
+            return  # not enough points to seed from yet
+        if self._n == p["window"]:
+            self._adopt(self._batch(), np.array(self._window))
+            return
+        self._wins[self._river.learn_predict_one(keyed)] += 1
+        if (self._n - p["window"]) % p["check_every"] == 0:
+            points = np.array(self._window)
+            centres, inertia = self._batch()
+            if inertia < (1.0 - p["min_gain"]) * _inertia(points, self._all_centres()):
+                self._adopt((centres, inertia), points)
+
+    def _batch(self) -> tuple[np.ndarray, float]:
+        rng = np.random.default_rng([self.params["seed"], self._checks])
+        self._checks += 1
+        return best_kmeans(np.array(self._window), self.params["clusters"],
+                           self.params["restarts"], rng)
+
+    def _adopt(self, fit: tuple[np.ndarray, float], points: np.ndarray) -> None:
+        centres, _ = fit
+        _set_centres(self._river, centres.tolist())
+        self._wins = np.bincount(_nearest(points, centres), minlength=len(centres)).tolist()
+
+    def _all_centres(self) -> np.ndarray:
+        return np.array([self._listed(c) for c in self._river.centers.values()])
 
     def predict_one(self, x: Mapping[str, float]) -> int | None:
         trained = self.centres()
         if not trained:
             return None
-        keyed = self._keyed(x)
-        return min(trained, key=lambda c: sum((v - keyed[i]) ** 2
-                                              for i, v in enumerate(trained[c])))
+        ids = sorted(trained)
+        nearest = _nearest(np.array([self._listed(self._keyed(x))]),
+                           np.array([trained[i] for i in ids]))
+        return ids[int(nearest[0])]
 
     def centres(self) -> dict[int, list[float]]:
         return {i: self._listed(c) for i, c in self._river.centers.items() if self._wins[i]}
 
     def _state(self) -> dict[str, Any]:
-        return {"centres": [self._listed(c) for c in self._river.centers.values()],
-                "wins": list(self._wins)}
+        return {"centres": self._all_centres().tolist(), "wins": list(self._wins),
+                "window": [list(p) for p in self._window], "n": self._n,
+                "checks": self._checks}
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         _set_centres(self._river, state["centres"])
         self._wins = [int(w) for w in state["wins"]]
+        self._window.extend([float(v) for v in p] for p in state["window"])
+        self._n = int(state["n"])
+        self._checks = int(state["checks"])
+
+
+def best_kmeans(points: np.ndarray, k: int, restarts: int, rng: np.random.Generator,
+                max_iter: int = 100) -> tuple[np.ndarray, float]:
+    """Batch k-means (k-means++ seeding, then Lloyd), best of ``restarts`` by inertia."""
+    best: tuple[np.ndarray, float] | None = None
+    for _ in range(restarts):
+        centres = _kmeans_pp(points, k, rng)
+        labels = _nearest(points, centres)
+        for _ in range(max_iter):
+            for j in range(k):
+                members = points[labels == j]
+                if len(members):  # an emptied centre stays where it was
+                    centres[j] = members.mean(axis=0)
+            relabelled = _nearest(points, centres)
+            if np.array_equal(relabelled, labels):
+                break
+            labels = relabelled
+        inertia = _inertia(points, centres)
+        if best is None or inertia < best[1]:
+            best = (centres, inertia)
+    assert best is not None
+    return best
+
+
+def _kmeans_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ (Arthur & Vassilvitskii 2007): each next centre is drawn with probability
+    proportional to its squared distance from those already chosen."""
+    centres = [points[rng.integers(len(points))]]
+    d2 = ((points - centres[0]) ** 2).sum(axis=1)
+    while len(centres) < k:
+        total = d2.sum()
+        pick = points[rng.choice(len(points), p=d2 / total)] if total > 0 else centres[-1]
+        centres.append(pick)
+        d2 = np.minimum(d2, ((points - pick) ** 2).sum(axis=1))
+    return np.array(centres, dtype=np.float64)
+
+
+def _d2(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=-1)
+
+
+def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return np.argmin(_d2(points, centres), axis=1)
+
+
+def _inertia(points: np.ndarray, centres: np.ndarray) -> float:
+    return float(_d2(points, centres).min(axis=1).sum())
 
 
 class STREAMKMeansModel(_RiverModel):
@@ -328,7 +431,7 @@ def make_model(algorithm: str, features: Sequence[str] = FEATURES, *, clusters: 
         raise ValueError(f"unknown clustering algorithm {algorithm!r}; "
                          f"one of {sorted(MODELS)}") from None
     if algorithm in TAKES_CLUSTERS:
-        params = {"clusters": clusters, "seed": seed, **params}
+        params = {"clusters": clusters, "seed": seed} | params
     return factory(features, **params)
 
 

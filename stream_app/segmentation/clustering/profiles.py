@@ -8,9 +8,10 @@ A profile is computed when a snapshot is made, from two things the trainer has:
 * a recent sample of learned customers, each assigned to its nearest centre: the share of the
   sample in the segment, and the channels and categories its members prefer.
 
-The name comes from the centre relative to the population (its standardised coordinates:
-0 is the population average, +1 one standard deviation above) plus a few absolute facts
-("never ordered", "one order"). It is deterministic and unique within a snapshot.
+The name comes from the centre relative to the population (standard deviations from the
+average customer of the sample; for purchase figures, from the average buyer) plus a few
+absolute facts ("never ordered", "one order", "no order for a month"). It is deterministic
+and unique within a snapshot.
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from .vectorize import FEATURES, Scaling, inverse
+from .stable import id_order
+from .vectorize import FEATURES, MIN_STD, Scaling, inverse
 
 TOP_N = 3
+PURCHASE = frozenset({"days_since_last_order", "orders", "orders_per_month", "net_revenue",
+                      "avg_order_value"})
+MIN_REFERENCE = 20  # fewer buyers than this in the sample: compare with everyone instead
+_ORDERS = FEATURES.index("orders")
 
 
 def assign(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -40,19 +46,38 @@ def typical(centre_z: np.ndarray, scaling: Scaling) -> dict[str, float]:
     return {name: max(float(v), 0.0) for name, v in zip(FEATURES, values, strict=True)}
 
 
+def relative(centre: np.ndarray, sample: np.ndarray) -> dict[str, float]:
+    """How far an (unscaled) centre lies from the average customer, in standard deviations.
+
+    Purchase figures are compared with the average *buyer*: non-buyers sit at zero spend
+    and would make every buyer look like a big spender.
+    """
+    buyers = sample[sample[:, _ORDERS] > 0.0]
+    out = {}
+    for j, name in enumerate(FEATURES):
+        ref = buyers if name in PURCHASE and len(buyers) >= MIN_REFERENCE else sample
+        spread = max(float(ref[:, j].std()), MIN_STD) if len(ref) else 1.0
+        mean = float(ref[:, j].mean()) if len(ref) else 0.0
+        out[name] = (float(centre[j]) - mean) / spread
+    return out
+
+
 def name_for(z: Mapping[str, float], t: Mapping[str, float]) -> str:
-    """A short readable name from standardised coordinates ``z`` and typical values ``t``."""
+    """A short readable name from relative position ``z`` (:func:`relative`) and typical
+    values ``t`` (:func:`typical`)."""
     if t["orders"] < 0.5:
         if z["product_views_per_month"] > 0.0 or z["cart_adds_per_month"] > 0.0:
             return "Window shoppers"
         if z["email_opens_per_month"] > 0.5:
             return "Email readers who never bought"
         return "Inactive prospects"
-    one_time = t["orders"] < 1.5
     if z["tenure_days"] < -1.0 and t["tenure_days"] < 30.0:
         return "New customers" + (" (high spenders)" if z["avg_order_value"] > 1.0 else "")
+    one_time = t["orders"] < 1.5
+    # lapsing: no order for a month, and (repeat buyers) for three of their usual gaps
+    usual_gap = 30.44 / t["orders_per_month"] if t["orders_per_month"] > 0 else 0.0
     words = []
-    if z["days_since_last_order"] > 0.75 and t["days_since_last_order"] > 30.0:
+    if t["days_since_last_order"] > max(30.0, 0.0 if one_time else 3.0 * usual_gap):
         words.append("lapsing")
     if z["email_opens_per_month"] > 1.0:
         words.append("email-engaged")
@@ -60,7 +85,7 @@ def name_for(z: Mapping[str, float], t: Mapping[str, float]) -> str:
         words.append("one-time")
     elif z["orders_per_month"] > 1.0:
         words.append("frequent")
-    elif z["orders_per_month"] > 0.25:
+    elif z["orders_per_month"] > 0.0:
         words.append("regular")
     else:
         words.append("occasional")
@@ -90,7 +115,7 @@ def build_profiles(ids: Sequence[str], centres: np.ndarray, scaling: Scaling,
         mask = members == k
         size = int(mask.sum())
         t = typical(centres[k], scaling)
-        z = dict(zip(FEATURES, centres[k].tolist(), strict=True))
+        z = relative(scaling.unscale(centres[k]), sample)
         out[sid] = {
             "name": name_for(z, t),
             "profile": {
@@ -139,7 +164,7 @@ def _make_unique(out: dict[str, dict[str, Any]]) -> None:
         by_name.setdefault(entry["name"], []).append(sid)
     taken = set(by_name)
     for name, sids in by_name.items():
-        ranked = sorted(sids, key=lambda s: (-out[s]["profile"]["size"], _id_order(s)))
+        ranked = sorted(sids, key=lambda s: (-out[s]["profile"]["size"], id_order(s)))
         for sid in ranked[1:]:
             cats = out[sid]["profile"]["top_categories"]
             candidate = f"{name} ({cats[0]['value']})" if cats else name
@@ -150,8 +175,3 @@ def _make_unique(out: dict[str, dict[str, Any]]) -> None:
                 n += 1
             taken.add(candidate)
             out[sid]["name"] = candidate
-
-
-def _id_order(sid: str) -> tuple[int, str]:
-    digits = "".join(ch for ch in sid if ch.isdigit())
-    return (int(digits) if digits else 0, sid)

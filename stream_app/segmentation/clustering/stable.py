@@ -55,3 +55,9 @@ def match(previous: Mapping[str, Sequence[float]], current: Mapping[int, Sequenc
             next_id += 1
     kept = set(ids.values())
     return Matching(ids, tuple(i for i in old_ids if i not in kept), next_id)
+
+
+def id_order(sid: str) -> tuple[int, str]:
+    """Sort key putting ``b2`` before ``b10``."""
+    digits = "".join(ch for ch in sid if ch.isdigit())
+    return (int(digits) if digits else 0, sid)

@@ -54,6 +54,7 @@ FEATURES: tuple[str, ...] = (
     "tenure_days",
 )
 LOGGED = np.array([name != "email_click_rate" for name in FEATURES])
+_LINEAR = np.flatnonzero(~LOGGED)
 
 
 def original(feats: Mapping[str, Any]) -> list[float]:
@@ -76,8 +77,9 @@ def original(feats: Mapping[str, Any]) -> list[float]:
 
 def transform(values: np.ndarray) -> np.ndarray:
     """Original units -> model units (rows are customers). Negative inputs clip to 0."""
-    out = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
-    out[..., LOGGED] = np.log1p(out[..., LOGGED])
+    clipped = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
+    out = np.log1p(clipped)  # all columns, then restore the few kept linear: fewer copies
+    out[..., _LINEAR] = clipped[..., _LINEAR]
     return out
 
 
@@ -125,34 +127,42 @@ class Scaling:
 
 
 class RunningScaler:
-    """Online mean and variance (Welford) of the model vectors the trainer learns from.
+    """Online mean and variance of the model vectors the trainer learns from.
 
-    Hand-written rather than ``river.preprocessing.StandardScaler`` because scoring needs the
-    mean and spread as numpy arrays for batch distances, and this is five lines of numpy.
+    Exact (Welford) for the first ``window`` samples, then exponentially weighted with that
+    effective sample size, so the scaling follows a population that drifts (a young shop's
+    customers all look new at first) without jumping on every sample.
+
+    Hand-written rather than ``river.preprocessing.StandardScaler``: scoring needs the mean
+    and spread as numpy arrays for batch distances, and this is a few lines of numpy.
     """
 
-    def __init__(self, n_features: int = len(FEATURES)) -> None:
+    def __init__(self, n_features: int = len(FEATURES), window: int = 20_000) -> None:
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.window = window
         self.n = 0
         self.mean = np.zeros(n_features)
-        self.m2 = np.zeros(n_features)
+        self.var = np.zeros(n_features)
 
     def learn(self, x: np.ndarray) -> None:
         self.n += 1
+        alpha = 1.0 / min(self.n, self.window)
         delta = x - self.mean
-        self.mean = self.mean + delta / self.n
-        self.m2 = self.m2 + delta * (x - self.mean)
+        self.mean = self.mean + alpha * delta
+        self.var = (1.0 - alpha) * (self.var + alpha * delta * delta)
 
     def frozen(self) -> Scaling:
-        var = self.m2 / self.n if self.n else np.ones_like(self.m2)
-        return Scaling(self.mean.copy(), np.maximum(np.sqrt(var), MIN_STD))
+        return Scaling(self.mean.copy(), np.maximum(np.sqrt(self.var), MIN_STD))
 
     def to_json(self) -> dict[str, Any]:
-        return {"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+        return {"n": self.n, "window": self.window, "mean": self.mean.tolist(),
+                "var": self.var.tolist()}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> RunningScaler:
-        out = cls(len(doc["mean"]))
+        out = cls(len(doc["mean"]), int(doc["window"]))
         out.n = int(doc["n"])
         out.mean = np.array(doc["mean"], dtype=np.float64)
-        out.m2 = np.array(doc["m2"], dtype=np.float64)
+        out.var = np.array(doc["var"], dtype=np.float64)
         return out

@@ -8,6 +8,13 @@ const POLL_MS = 2000;
 const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
   "#ff9da7", "#9c755f", "#bab0ac"];
 const AXIS = { stroke: "#6b7686", grid: { stroke: "#eef1f5", width: 1 }, ticks: { stroke: "#e3e7ee", width: 1 } };
+// One line of local clock time per tick; seconds only when ticks are under a minute apart.
+const TIME_AXIS = {
+  ...AXIS,
+  space: 70,
+  values: (u, ticks, axis, space, incr) => ticks.map((t) => new Date(t * 1000).toLocaleTimeString(
+    [], { hour: "2-digit", minute: "2-digit", second: incr < 60 ? "2-digit" : undefined, hour12: false })),
+};
 
 // ---- formatting ---------------------------------------------------------------------------
 function fmtNum(v) {
@@ -150,23 +157,29 @@ class Chart {
 
   options(names, order) {
     const fmt = this.fmt;
+    // The legend shows the value under the cursor, or the latest one when there is none.
+    const at = (u, idx) => idx ?? u.data[0].length - 1;
     const series = order.map((i) => {
       const s = { label: names[i], stroke: color(i), width: 1.5, points: { show: false } };
       if (this.stacked) {
         s.fill = tint(color(i));
-        s.value = (u, v, si, idx) => (idx == null ? "–" : fmt(this.raw[i + 1][idx]));
+        s.value = (u, v, si, idx) => fmt(this.raw[i + 1][at(u, idx)]);
       } else {
-        s.value = (u, v) => fmt(v);
+        s.value = (u, v, si, idx) => fmt(u.data[si][at(u, idx)]);
         if (names.length === 1) s.fill = color(i) + "22";
       }
       return s;
     });
     return {
       ...this.size(),
-      series: [{ value: (u, v) => (v == null ? "–" : new Date(v * 1000).toLocaleTimeString()) },
-        ...series],
+      series: [{
+        value: (u, v, si, idx) => {
+          const t = u.data[0][at(u, idx)];
+          return t == null ? "–" : new Date(t * 1000).toLocaleTimeString();
+        },
+      }, ...series],
       scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.08 : 1] } },
-      axes: [AXIS, { ...AXIS, size: 60, values: (u, vals) => vals.map(fmt) }],
+      axes: [TIME_AXIS, { ...AXIS, size: 60, values: (u, vals) => vals.map(fmt) }],
       cursor: { drag: { x: false, y: false }, points: { size: 6 } },
       hooks: { draw: [(u) => this.drawn(u)] },
     };

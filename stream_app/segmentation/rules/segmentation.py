@@ -1,0 +1,92 @@
+"""Named rule segmentations: the first segment whose condition matches wins.
+
+One :class:`RuleSegmentation` per segmentation of the definitions file, each meeting the
+:class:`~stream_app.segmentation.base.Segmentation` contract. Conditions are compiled to
+closures once, at load, so an evaluation is a few function calls per segment tried.
+
+The per-customer ``aux`` is the version of the segmentation's definition the customer was
+last evaluated under. When it differs from the current one and the membership changes, the
+reason starts with ``definitions changed``: a consumer can tell a re-definition (everyone
+moving at once, on the next event or time tick) from a change in the customer's behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...state.customer import CustomerState
+from ..base import Decision
+from .definitions import SegmentationDef, load_definitions
+from .language import Predicate
+
+NO_MATCH = "no segment matches"
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    id: str
+    name: str
+    matches: Predicate
+    tried_before: tuple[str, ...]  # ids of the segments that did not match if this one wins
+
+
+class RuleSegmentation:
+    """Implements :class:`stream_app.segmentation.base.Segmentation` for one definition."""
+
+    def __init__(self, definition: SegmentationDef) -> None:
+        self.definition = definition
+        self.name = definition.name
+        # Whether time passing alone can move a customer: the worker's time ticks re-evaluate
+        # only the segmentations where this is True.
+        self.time_sensitive = definition.time_sensitive
+        self._version = definition.version
+        ids = tuple(seg.id for seg in definition.segments)
+        self._ids = ids
+        self._rules = tuple(_Rule(seg.id, seg.name, seg.when.compile(), ids[:i])
+                            for i, seg in enumerate(definition.segments))
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def evaluate(self, state: CustomerState, feats: Mapping[str, Any], now: float,
+                 aux: Any) -> Decision:
+        for rule in self._rules:
+            matched = rule.matches(state, feats, now)
+            if matched is not None:
+                return self._decide(state, rule.id, rule.name, matched,
+                                    {"matched": matched, "not_matched": rule.tried_before}, aux)
+        return self._decide(state, None, None, NO_MATCH,
+                            {"matched": None, "not_matched": self._ids}, aux)
+
+    def _decide(self, state: CustomerState, segment: str | None, name: str | None,
+                reason: str, why: dict[str, Any], aux: Any) -> Decision:
+        if (isinstance(aux, int) and aux != self._version
+                and segment != state.segments.get(self.name)):
+            reason = f"definitions changed ({aux:08x} -> {self._version:08x}): {reason}"
+        return Decision(segment, name, self._version, reason, why, aux=self._version)
+
+    def describe(self) -> dict[str, Any]:
+        """The segments in evaluation order with their conditions, for GET /segments."""
+        d = self.definition
+        return {
+            "segmentation": self.name,
+            "kind": "rules",
+            "description": d.description,
+            "version": self._version,
+            "time_sensitive": self.time_sensitive,
+            "segments": [{"id": seg.id, "name": seg.name, "description": seg.description,
+                          "when": seg.when.text} for seg in d.segments],
+        }
+
+
+def load_segmentations(path: str | Path | None = None) -> list[RuleSegmentation]:
+    """The rule segmentations of a definitions file (``None``: the shipped defaults).
+
+    Raises :class:`~.definitions.DefinitionsError` with located messages when the file is
+    unusable, so a worker refuses to start rather than segmenting wrongly.
+    """
+    return [RuleSegmentation(seg) for seg in load_definitions(path).segmentations]

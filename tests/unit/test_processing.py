@@ -1,0 +1,528 @@
+"""The batch step (stream_app.processing.Step) with plain dicts as tables, and a loop that
+plays a small cluster: every partition runs Step.run and routed records are delivered to their
+partitions until nothing is left in flight."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_app.events import parse
+from stream_app.events.models import SegmentChange
+from stream_app.kafka import routing
+from stream_app.kafka.routing import partition_for
+from stream_app.processing import (
+    Change,
+    Message,
+    Step,
+    StepResult,
+    change_bytes,
+    dead_letter_headers,
+)
+from stream_app.segmentation.base import Decision, Segmentation, change_id
+from stream_app.state import codec
+from stream_app.state.customer import DAY, CustomerState
+
+INPUT, ROUTED = "customer-interactions", "segmenter-routed"
+T0 = 1_700_000_000.0
+WALL = T0 + 2 * DAY
+N = 4
+
+
+def pick(prefix: str, partition: int, n: int = N, skip: int = 0) -> str:
+    """The first id ``prefix-i`` (after ``skip`` of them) that partition ``partition`` owns."""
+    found = (f"{prefix}-{i}" for i in range(1000) if partition_for(f"{prefix}-{i}", n) == partition)
+    for _ in range(skip):
+        next(found)
+    return next(found)
+
+
+ANON = pick("anon", 0)
+USER = pick("user", 2)
+P_ANON, P_USER = partition_for(ANON, N), partition_for(USER, N)
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def track(event: str, ts: float, *, user: str | None = USER, anon: str | None = None,
+          mid: str | None = None, **props: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": "track", "event": event, "timestamp": iso(ts),
+                           "messageId": mid or f"{event}@{ts}/{user or anon}"}
+    if user:
+        doc["userId"] = user
+    if anon:
+        doc["anonymousId"] = anon
+    if props:
+        doc["properties"] = props
+    return doc
+
+
+def page(ts: float, *, user: str | None = None, anon: str | None = ANON) -> dict[str, Any]:
+    doc = {"type": "page", "timestamp": iso(ts), "messageId": f"page@{ts}/{user or anon}",
+           "name": "Home", "userId": user, "anonymousId": anon}
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def identify(ts: float, *, user: str = USER, anon: str | None = ANON,
+             traits: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = {"type": "identify", "userId": user, "timestamp": iso(ts),
+           "messageId": f"identify@{ts}/{user}/{anon}", "traits": traits or {"age": 30}}
+    if anon:
+        doc["anonymousId"] = anon
+    return doc
+
+
+# --- segmentation test doubles -----------------------------------------------------------------
+
+class Tier:
+    """'buyer' once the customer ordered, 'browser' after any visit, else none. Counts its own
+    evaluations in aux, so aux must follow the state around (and survive batching)."""
+
+    name = "tier"
+    version = 7
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []  # (customer, now) of every evaluation
+
+    def evaluate(self, state: CustomerState, feats: dict[str, Any], now: float,
+                 aux: Any) -> Decision:
+        self.calls.append((state.customer_id, now))
+        if feats["orders"] >= 1:
+            segment: str | None = "buyer"
+        elif feats["page_views"] + feats["product_views"] + feats["cart_adds"] > 0:
+            segment = "browser"
+        else:
+            segment = None
+        return Decision(segment, segment and segment.title(), self.version,
+                        f"orders={feats['orders']:.0f}", aux=(aux or 0) + 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"segments": ["browser", "buyer"]}
+
+
+class Engaged:
+    """In "engaged" while decayed engagement is at least 1.9, else in no segment; no aux."""
+
+    name = "engaged"
+    version = None
+
+    def evaluate(self, state: CustomerState, feats: dict[str, Any], now: float,
+                 aux: Any) -> Decision:
+        if feats["engagement_recent"] >= 1.9:
+            return Decision("engaged", "Engaged", None, "engagement >= 1.9")
+        return Decision(None, None, None, "engagement < 1.9")
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+def segmentations() -> list[Segmentation]:
+    return [Tier(), Engaged()]
+
+
+def new_step(partitions: int = N) -> Step:
+    return Step(input_topic=INPUT, routed_topic=ROUTED, partitions=partitions,
+                segmentations=segmentations())
+
+
+# --- a small cluster ----------------------------------------------------------------------------
+
+def chunks(items: list[Message], size: int | None) -> Iterator[list[Message]]:
+    size = size or max(len(items), 1)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class Cluster:
+    """``partitions`` partitions of the input and routed topics, each with its own tables."""
+
+    def __init__(self, partitions: int = N, *, chunk: int | None = None,
+                 redeliver_routed: bool = False) -> None:
+        self.n = partitions
+        self.step = new_step(partitions)
+        self.chunk = chunk
+        self.redeliver_routed = redeliver_routed
+        self.customers: list[dict[str, CustomerState]] = [{} for _ in range(partitions)]
+        self.aliases: list[dict[str, str]] = [{} for _ in range(partitions)]
+        self.queues: list[list[Message]] = [[] for _ in range(partitions)]
+        self.offsets: dict[tuple[str, int], int] = defaultdict(int)
+        self.routed_log: list[tuple[str, int, bytes]] = []
+        self.input_log: list[Message] = []
+        self.changes: list[Change] = []
+        self.dead_letters: list[tuple[Message, parse.Rejection]] = []
+        self.totals: dict[str, int] = defaultdict(int)
+
+    def produce(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+                ts: float) -> Message:
+        offset = self.offsets[topic, partition]
+        self.offsets[topic, partition] += 1
+        msg = Message(topic, partition, offset, key, value, ts)
+        self.queues[partition].append(msg)
+        return msg
+
+    def send(self, doc: dict[str, Any] | bytes, *, key: str | None = None,
+             partition: int | None = None, ts: float = T0) -> Message:
+        """Produce to the input topic, keyed like a well-behaved producer unless told."""
+        if isinstance(doc, dict):
+            key = key or doc.get("userId") or doc.get("anonymousId")
+            value = orjson.dumps(doc)
+        else:
+            value = doc
+        if partition is None:
+            partition = partition_for(key, self.n) if key else 0
+        msg = self.produce(INPUT, partition, key.encode() if key else None, value, ts)
+        self.input_log.append(msg)
+        return msg
+
+    def run(self) -> int:
+        """Process until quiescent; returns the number of rounds."""
+        rounds = 0
+        while any(self.queues):
+            rounds += 1
+            assert rounds < 20, "routing does not converge"
+            for p in range(self.n):
+                pending, self.queues[p] = self.queues[p], []
+                for batch in chunks(pending, self.chunk):
+                    self._absorb_result(self.step.run(p, batch, self.customers[p],
+                                                      self.aliases[p], WALL))
+        return rounds
+
+    def _absorb_result(self, res: StepResult) -> None:
+        self.changes += res.changes
+        self.dead_letters += res.dead_letters
+        for name in ("applied", "duplicates", "written", "deleted"):
+            self.totals[name] += getattr(res, name)
+        for key, partition, value in res.routed:
+            assert partition == partition_for(key, self.n)
+            self.routed_log.append((key, partition, value))
+            for _ in range(2 if self.redeliver_routed else 1):
+                self.produce(ROUTED, partition, key.encode(), value, WALL)
+
+    def redeliver_everything(self) -> None:
+        for key, partition, value in list(self.routed_log):
+            self.produce(ROUTED, partition, key.encode(), value, WALL)
+        for msg in list(self.input_log):
+            self.queues[msg.partition].append(msg)
+
+    # --- views -------------------------------------------------------------------------------
+    def state(self, cid: str) -> CustomerState | None:
+        return self.customers[partition_for(cid, self.n)].get(cid)
+
+    def snapshot(self) -> tuple[list[dict[str, bytes]], list[dict[str, str]]]:
+        return ([{cid: codec.dumps(s) for cid, s in sorted(t.items())} for t in self.customers],
+                [dict(sorted(a.items())) for a in self.aliases])
+
+    def change_records(self) -> list[dict[str, Any]]:
+        return [c.record for c in self.changes]
+
+    def changes_of(self, cid: str, segmentation: str = "tier") -> list[tuple[Any, Any]]:
+        return [(c.record["previous_segment"], c.record["segment"]) for c in self.changes
+                if c.customer_id == cid and c.record["segmentation"] == segmentation]
+
+
+def identity_story(cluster: Cluster) -> None:
+    """An anonymous visitor browses and fills a cart, then signs in as a user who had visited
+    before and orders; later the same browser comes back, still anonymous."""
+    cluster.send(page(T0 - DAY, user=USER, anon=None))
+    cluster.send(page(T0))
+    cluster.send(track("Product Viewed", T0 + 60, user=None, anon=ANON, category="Shoes"))
+    cluster.send(track("Product Added", T0 + 120, user=None, anon=ANON, price=30))
+    cluster.send(identify(T0 + 180))
+    cluster.send(track("Order Completed", T0 + 240, anon=ANON, total=30, mid="order-1"))
+    cluster.run()
+    cluster.send(page(T0 + 3600))  # after the merge: re-keyed to the user
+    cluster.run()
+
+
+# --- single-step behaviour -----------------------------------------------------------------------
+
+def run_one(step: Step, partition: int, docs: list[dict[str, Any] | bytes],
+            customers: dict[str, CustomerState] | None = None,
+            aliases: dict[str, str] | None = None, topic: str = INPUT, wall: float = WALL
+            ) -> tuple[StepResult, dict[str, CustomerState], dict[str, str]]:
+    customers = {} if customers is None else customers
+    aliases = {} if aliases is None else aliases
+    msgs = [Message(topic, partition, i, None,
+                    doc if isinstance(doc, bytes) else orjson.dumps(doc), T0)
+            for i, doc in enumerate(docs)]
+    return step.run(partition, msgs, customers, aliases, wall), customers, aliases
+
+
+def test_valid_events_are_applied_and_written_once() -> None:
+    docs = [page(T0 + i, user=USER, anon=None) for i in range(3)]
+    res, customers, _ = run_one(new_step(), P_USER, docs)
+    assert (res.applied, res.duplicates, res.written, res.deleted) == (3, 0, 1, 0)
+    assert res.events_by_kind == {"page_view": 3}
+    assert res.max_event_ts == T0 + 2
+    assert customers[USER].page_views == 3 and customers[USER].sessions == 1
+    assert res.routed == [] and res.dead_letters == []
+
+
+def test_duplicates_are_dropped_within_and_across_batches() -> None:
+    step = new_step()
+    doc = track("Order Completed", T0, total=10, mid="o-1")
+    res, customers, aliases = run_one(step, P_USER, [doc, doc])
+    assert (res.applied, res.duplicates) == (1, 1)
+    before = codec.dumps(customers[USER])
+    res, customers, _ = run_one(step, P_USER, [doc], customers, aliases)
+    assert (res.applied, res.duplicates, res.written, res.changes) == (0, 1, 0, [])
+    assert codec.dumps(customers[USER]) == before
+    assert customers[USER].orders == 1
+
+
+def test_rejects_become_dead_letters_with_their_origin() -> None:
+    step = new_step()
+    batch = {"batch": [page(T0, user=USER, anon=None), {"type": "track", "userId": USER}]}
+    msgs = [Message(INPUT, P_USER, 41, b"k", b"{oops", T0),
+            Message(INPUT, P_USER, 42, USER.encode(), orjson.dumps(batch), T0)]
+    customers: dict[str, CustomerState] = {}
+    res = step.run(P_USER, msgs, customers, {}, WALL)
+    assert res.applied == 1 and customers[USER].page_views == 1
+    (m1, r1), (m2, r2) = res.dead_letters
+    assert (m1.topic, m1.partition, m1.offset, r1.reason, r1.batch_index) == (
+        INPUT, P_USER, 41, parse.NOT_JSON, None)
+    assert (m2.offset, r2.reason, r2.batch_index) == (42, parse.INVALID, 1)
+    assert orjson.loads(r2.payload) == batch["batch"][1]
+    headers = dict(dead_letter_headers(m2, r2, WALL))
+    assert headers["segmenter.dlq.reason"] == b"invalid_field"
+    assert headers["segmenter.dlq.topic"] == INPUT.encode()
+    assert headers["segmenter.dlq.partition"] == str(P_USER).encode()
+    assert headers["segmenter.dlq.offset"] == b"42"
+    assert headers["segmenter.dlq.batch_index"] == b"1"
+    assert headers["segmenter.dlq.rejected_at"].endswith(b"Z")
+    assert "segmenter.dlq.batch_index" not in dict(dead_letter_headers(m1, r1, WALL))
+
+
+def test_events_for_another_partitions_customer_are_routed() -> None:
+    other = (P_USER + 1) % N
+    doc = page(T0, user=USER, anon=None)
+    res, customers, _ = run_one(new_step(), other, [doc])
+    assert customers == {} and res.applied == 0 and res.changes == []
+    [(key, partition, value)] = res.routed
+    assert (key, partition) == (USER, P_USER)
+    op = routing.parse_op(value)
+    assert op[0] == routing.OP_EVENT and op[1][1] == USER and op[1][0] == "page_view"
+    # delivered where it belongs, it is applied there
+    res2, customers2, _ = run_one(new_step(), P_USER, [value], topic=ROUTED)
+    assert res2.applied == 1 and customers2[USER].page_views == 1 and res2.routed == []
+
+
+def test_anonymous_events_of_a_linked_id_are_rekeyed_to_the_user() -> None:
+    res, customers, _ = run_one(new_step(), P_ANON, [page(T0)], aliases={ANON: USER})
+    assert customers == {}
+    [(key, partition, value)] = res.routed
+    assert (key, partition) == (USER, P_USER)
+    wire = routing.parse_op(value)[1]
+    assert (wire[1], wire[4], wire[5]) == (USER, None, ANON)  # customer, user id, anonymous id
+    # when the user lives on the same partition the event is applied at once
+    anon_here = pick("anon", P_USER)
+    res, customers, _ = run_one(new_step(), P_USER, [page(T0, anon=anon_here)],
+                                aliases={anon_here: USER})
+    assert res.routed == [] and customers[USER].page_views == 1
+    assert customers[USER].anonymous_ids == [anon_here]
+
+
+def test_identify_with_a_new_anonymous_id_asks_for_a_merge_once() -> None:
+    step = new_step()
+    res, customers, aliases = run_one(step, P_USER, [identify(T0)])
+    assert res.routed == [(ANON, P_ANON, routing.merge_op(ANON, USER))]
+    assert customers[USER].anonymous_ids == [ANON]
+    res, *_ = run_one(step, P_USER, [identify(T0 + 1, traits={"age": 31})], customers, aliases)
+    assert res.applied == 1 and res.routed == []  # already linked
+
+
+def test_alias_links_the_previous_id() -> None:
+    doc = {"type": "alias", "userId": USER, "previousId": ANON, "messageId": "al-1",
+           "timestamp": iso(T0)}
+    res, customers, _ = run_one(new_step(), P_USER, [doc])
+    assert res.routed == [(ANON, P_ANON, routing.merge_op(ANON, USER))]
+    assert customers[USER].sessions == 0
+
+
+@pytest.mark.parametrize("value", [
+    None, b"", b"garbage", b'["merge", "a"]', b'["ev", [1, 2]]', b'["ev", "x"]',
+    routing.absorb_op(USER, ANON, b'[99, "not a state"]'),
+    routing.absorb_op(USER, ANON, b"{}"),
+])
+def test_unreadable_routed_operations_are_dead_lettered(value: bytes | None) -> None:
+    step = new_step()
+    customers = {USER: CustomerState(customer_id=USER, events=1)}
+    msg = Message(ROUTED, P_USER, 5, USER.encode(), value, WALL)
+    res = step.run(P_USER, [msg], customers, {}, WALL)
+    [(m, rej)] = res.dead_letters
+    assert m is msg and rej.reason == parse.INVALID and rej.payload == (value or b"")
+    assert customers == {USER: CustomerState(customer_id=USER, events=1)}
+
+
+def test_erase_deletes_the_customer_and_its_memberships() -> None:
+    step = new_step()
+    anon_here = pick("anon", P_USER)
+    res, customers, aliases = run_one(step, P_USER, [page(T0, user=USER, anon=anon_here)])
+    aliases[anon_here] = USER
+    assert customers[USER].segments == {"tier": "browser"}
+    res, customers, aliases = run_one(step, P_USER, [routing.erase_op(USER, "er-1")],
+                                      customers, aliases, topic=ROUTED)
+    assert customers == {} and aliases == {} and res.deleted == 1
+    [change] = res.changes
+    assert (change.record["previous_segment"], change.record["segment"]) == ("browser", None)
+
+
+# --- segment evaluation ---------------------------------------------------------------------------
+
+def test_changes_only_on_actual_change_and_at_event_time() -> None:
+    docs = [page(T0 + i, user=USER, anon=None) for i in range(6)]
+    docs.append(track("Order Completed", T0 + 10, total=5, mid="o-1"))
+    docs.append(track("Order Completed", T0 + 20, total=5, mid="o-2"))
+    step = new_step()
+    res, customers, _ = run_one(step, P_USER, docs)
+    tier = step.segmentations[0]
+    assert isinstance(tier, Tier)  # evaluated after every event, at that event's time
+    assert tier.calls == [(USER, T0 + i) for i in range(6)] + [(USER, T0 + 10), (USER, T0 + 20)]
+    records = [c.record for c in res.changes]
+    assert [(r["segmentation"], r["previous_segment"], r["segment"]) for r in records] == [
+        ("tier", None, "browser"),
+        ("engaged", None, "engaged"),  # four page views of 0.5
+        ("tier", "browser", "buyer"),
+    ]
+    assert records[1]["occurred_at"] == iso(T0 + 3).replace("+00:00", "Z")
+    assert records[2]["model_version"] == 7 and records[2]["segment_name"] == "Buyer"
+    assert records[2]["reason"] == "orders=1"
+    for r in records:
+        SegmentChange.model_validate(r)  # the published contract
+        assert orjson.loads(change_bytes(Change(USER, r, 0.0, 0.0))) == r
+    assert records[2]["change_id"] == change_id(USER, "tier", "browser", "buyer", "o-1")
+    state = customers[USER]
+    assert state.segments == {"tier": "buyer", "engaged": "engaged"}
+    assert state.segment_aux == {"tier": 8}  # evaluated after each of 8 events; Engaged: none
+
+
+def test_leaving_a_segment_emits_a_change_to_none() -> None:
+    step = new_step()
+    docs = [page(T0 + i, user=USER, anon=None) for i in range(4)]
+    res, customers, aliases = run_one(step, P_USER, docs)
+    assert customers[USER].segments["engaged"] == "engaged"
+    res, customers, _ = run_one(step, P_USER, [page(T0 + 90 * DAY, user=USER, anon=None)],
+                                customers, aliases, wall=T0 + 90 * DAY)
+    assert res.applied == 1
+    [change] = res.changes
+    assert (change.record["segmentation"], change.record["segment"]) == ("engaged", None)
+    assert "engaged" not in customers[USER].segments
+
+
+# --- the cluster: identity merge, redelivery, batching ---------------------------------------------
+
+def test_cluster_setup() -> None:
+    assert P_ANON != P_USER
+
+
+def test_anonymous_history_is_merged_into_the_user() -> None:
+    cluster = Cluster()
+    identity_story(cluster)
+    assert cluster.dead_letters == []
+    assert cluster.state(ANON) is None
+    assert cluster.aliases[P_ANON] == {ANON: USER}
+    user = cluster.state(USER)
+    assert user is not None
+    assert (user.page_views, user.product_views, user.cart_adds, user.orders) == (3, 1, 1, 1)
+    assert user.events == 7 and user.revenue == 30.0
+    assert user.first_seen == T0 - DAY and user.last_seen == T0 + 3600
+    assert user.anonymous_ids == [ANON] and user.anonymous is False
+    assert user.categories == {"shoes": 1.0}
+    assert user.traits == {"age": 30}
+    assert user.cart_pending_since is None  # the anonymous cart was checked out as the user
+    assert user.segments == {"tier": "buyer", "engaged": "engaged"}
+    # the anonymous customer left its segments when it was merged away
+    assert cluster.changes_of(ANON) == [(None, "browser"), ("browser", None)]
+    merged_away = [c.record for c in cluster.changes if c.customer_id == ANON][-1]
+    assert merged_away["reason"] == f"merged into customer {USER}"
+    assert cluster.changes_of(USER) == [(None, "browser"), ("browser", "buyer")]
+    ids = [c.record["change_id"] for c in cluster.changes]
+    assert len(ids) == len(set(ids))
+
+
+def test_merge_happens_exactly_once_when_routed_records_are_redelivered() -> None:
+    once = Cluster()
+    identity_story(once)
+    twice = Cluster(redeliver_routed=True)
+    identity_story(twice)
+    assert twice.snapshot() == once.snapshot()
+    assert twice.change_records() == once.change_records()
+    # ... and redelivering everything afterwards (input and routed) changes nothing
+    before = once.snapshot()
+    n_changes = len(once.changes)
+    once.redeliver_everything()
+    once.run()
+    assert once.snapshot() == before
+    assert len(once.changes) == n_changes
+    assert once.totals["applied"] == 7  # 7 events, each applied once, ever
+    assert once.totals["deleted"] == 1
+
+
+def test_merge_when_the_user_was_never_seen_before() -> None:
+    cluster = Cluster()
+    cluster.send(page(T0))
+    cluster.run()
+    cluster.send(track("Order Completed", T0 + 60, anon=ANON, total=9, mid="o-x"))
+    cluster.run()
+    user = cluster.state(USER)
+    assert user is not None and (user.page_views, user.orders, user.events) == (1, 1, 2)
+    assert cluster.state(ANON) is None
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])
+def test_batch_boundaries_do_not_change_the_outcome(chunk: int) -> None:
+    whole = Cluster()
+    identity_story(whole)
+    small = Cluster(chunk=chunk)
+    identity_story(small)
+    assert small.snapshot() == whole.snapshot()
+    assert small.change_records() == whole.change_records()
+    assert [(c.customer_id, c.event_ts) for c in small.changes] == [
+        (c.customer_id, c.event_ts) for c in whole.changes]
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_batch_boundaries_on_one_partition(chunk: int) -> None:
+    docs: list[dict[str, Any]] = []
+    for i, cid in enumerate(["user-a", "user-b", "user-c"] * 6):
+        docs.append(page(T0 + i * 400, user=cid, anon=None))
+        if i % 4 == 0:
+            docs.append(track("Order Completed", T0 + i * 400 + 1, user=cid, total=i))
+    docs.append(docs[3])  # a duplicate
+    results = []
+    for size in (None, chunk):
+        step = new_step(partitions=1)
+        customers: dict[str, CustomerState] = {}
+        aliases: dict[str, str] = {}
+        msgs = [Message(INPUT, 0, i, None, orjson.dumps(d), T0) for i, d in enumerate(docs)]
+        records = []
+        for batch in chunks(msgs, size):
+            records += [c.record for c in step.run(0, batch, customers, aliases, WALL).changes]
+        results.append((records, {c: codec.dumps(s) for c, s in customers.items()}))
+    assert results[0] == results[1]
+    assert len(results[0][0]) > 3
+
+
+def test_change_ids_are_deterministic_across_runs() -> None:
+    a, b = Cluster(), Cluster()
+    identity_story(a)
+    identity_story(b)
+    assert [c.record["change_id"] for c in a.changes] == [c.record["change_id"] for c in b.changes]
+
+
+def test_unkeyed_input_reaches_the_owner() -> None:
+    cluster = Cluster()
+    wrong = (P_USER + 1) % N
+    cluster.send(page(T0, user=USER, anon=None), partition=wrong)
+    cluster.send(page(T0 + 1, user=USER, anon=None), key=None, partition=(P_USER + 2) % N)
+    rounds = cluster.run()
+    assert rounds == 2
+    assert cluster.state(USER) is not None and cluster.state(USER).page_views == 2
+    assert all(not t for p, t in enumerate(cluster.customers) if p != P_USER)
