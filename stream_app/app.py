@@ -7,10 +7,13 @@ comes back (routed records, dead letters, segment changes).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import faust
@@ -19,10 +22,12 @@ from faust.streams import _current_event
 from .config import Settings
 from .events.parse import Limits
 from .kafka.clients import faust_credentials
+from .metrics import Metrics
 from .processing import Message, Step, StepResult, change_bytes, dead_letter_headers
 from .segmentation.base import Segmentation
 from .state import codec
 from .state.customer import StateConfig
+from .web.timeseries import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,12 @@ class Runtime:
         self.watermark = 0.0  # max event time applied by this worker
         self.last_event_wall = 0.0
         self.stats: dict[str, int] = defaultdict(int)
+        self.metrics = Metrics()
+        self.sampler = Sampler(self.metrics.registry)
+        # customers per segment on this worker: {partition: {segmentation: {segment: n}}}
+        self.sizes: dict[int, dict[str, Counter[str]]] = {}
+        self._sizes_generation = -1
+        self.broker_stalled_since: float | None = None
         self.app = app = faust.App(
             s.app_id,
             broker=s.broker_url.replace("kafka://", "segmenter-kafka://", 1).replace(
@@ -104,6 +115,7 @@ class Runtime:
                                      dedupe_window=s.dedupe_window),
         )
         self._declare_agents()
+        self._declare_timers()
         from .web.views import register_views
 
         register_views(self)
@@ -128,6 +140,7 @@ class Runtime:
 
     async def handle(self, events: list[Any]) -> None:
         """Process one batch of Faust events (any mix of partitions and topics)."""
+        started = time.perf_counter()
         groups: dict[int, list[Message]] = defaultdict(list)
         for ev in events:
             m = ev.message
@@ -135,16 +148,22 @@ class Runtime:
                 Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
         wall = time.time()
         for partition, messages in groups.items():
-            ctx = _PartitionContext(self.settings.routed_topic, partition)
-            token = _current_event.set(weakref.ref(ctx))  # type: ignore[arg-type]
-            try:
+            with self.partition_context(partition):
                 result = self.step.run(partition, messages, self.customers, self.aliases, wall)
-            finally:
-                _current_event.reset(token)
-            await self._send(result, wall)
+            await self._send(result, wall, partition)
             self.stats["messages"] += len(messages)
+        self.metrics.observe_batch(len(events), time.perf_counter() - started)
 
-    async def _send(self, result: StepResult, wall: float) -> None:
+    @contextmanager
+    def partition_context(self, partition: int) -> Iterator[None]:
+        ctx = _PartitionContext(self.settings.routed_topic, partition)
+        token = _current_event.set(weakref.ref(ctx))  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            _current_event.reset(token)
+
+    async def _send(self, result: StepResult, wall: float, partition: int) -> None:
         routed, dlq, changes = self.routed_topic, self.dlq_topic, self.changes_topic
         for key, partition, value in result.routed:
             await routed.send(key=key.encode(), value=value, partition=partition)
@@ -153,6 +172,7 @@ class Runtime:
                            headers=dead_letter_headers(msg, rej, wall))
         for change in result.changes:
             await changes.send(key=change.customer_id.encode(), value=change_bytes(change))
+        self._account(result, partition)
         st = self.stats
         st["applied"] += result.applied
         st["duplicates"] += result.duplicates
@@ -162,6 +182,137 @@ class Runtime:
         if result.applied:
             self.last_event_wall = wall
             self.watermark = max(self.watermark, result.max_event_ts)
+
+    def _account(self, result: StepResult, partition: int) -> None:
+        m = self.metrics
+        if result.events_by_kind:
+            m.count_events(result.events_by_kind)
+        if result.dead_letters:
+            m.count_dead_letters(rej.reason for _, rej in result.dead_letters)
+        if result.duplicates:
+            m.count_duplicates(result.duplicates)
+        if result.changes:
+            m.record_changes(((c.record["segmentation"], c.ingest_ts, c.event_ts)
+                              for c in result.changes), now=time.time())
+            sizes = self.sizes.setdefault(partition, {})
+            for c in result.changes:
+                counts = sizes.setdefault(c.record["segmentation"], Counter())
+                if c.record["previous_segment"] is not None:
+                    counts[c.record["previous_segment"]] -= 1
+                if c.record["segment"] is not None:
+                    counts[c.record["segment"]] += 1
+
+    # --- time -------------------------------------------------------------------------------------
+    def event_time_now(self, wall: float | None = None) -> float:
+        """The worker's watermark: event time, following the wall clock when idle.
+
+        Event time is the largest event timestamp applied. When no event has arrived for
+        ``idle_advance_after_s``, time moves on with the wall clock from there (never past
+        it), so a quiet live stream still lapses customers, while a replay of history keeps
+        its own time.
+        """
+        wall = time.time() if wall is None else wall
+        if not self.watermark:
+            return 0.0
+        idle = wall - self.last_event_wall
+        if idle > self.settings.idle_advance_after_s:
+            return min(wall, self.watermark + idle - self.settings.idle_advance_after_s)
+        return self.watermark
+
+    def _declare_timers(self) -> None:
+        s = self.settings
+
+        @self.app.timer(self.sampler.interval_s, name="sample-metrics")
+        async def sample() -> None:
+            self._refresh_gauges()
+            self.sampler.sample()
+
+        @self.app.timer(s.tick_interval_s, name="time-tick")
+        async def tick() -> None:
+            await self.tick()
+
+    def _assigned(self) -> list[int]:
+        try:
+            tps = self.app.consumer.assignment()
+        except Exception:
+            return []
+        return sorted(tp.partition for tp in tps if tp.topic == self.settings.routed_topic)
+
+    def _refresh_gauges(self) -> None:
+        if not self.ready():
+            return
+        assigned = self._assigned()
+        generation = self.app.consumer_generation_id
+        if generation != self._sizes_generation:
+            self._recount(assigned)
+            self._sizes_generation = generation
+        totals: dict[str, Counter[str]] = {}
+        for partition in assigned:
+            for seg, counts in self.sizes.get(partition, {}).items():
+                totals.setdefault(seg, Counter()).update(counts)
+        self.metrics.set_segment_sizes({seg: {k: v for k, v in c.items() if v > 0}
+                                        for seg, c in totals.items()})
+        lags: dict[tuple[str, int], int] = {}
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic in (self.settings.input_topic, self.settings.routed_topic):
+                hw = consumer.highwater(tp)
+                pos = consumer._committed_offset.get(tp) if hasattr(consumer, "_committed_offset") else None
+                if hw is not None:
+                    lags[(tp.topic, tp.partition)] = max(0, hw - (pos or 0))
+        self.metrics.set_consumer_lag(lags)
+
+    def _recount(self, assigned: list[int]) -> None:
+        """Count segment members of the assigned partitions from the table (after rebalances)."""
+        from .kafka.routing import partition_for
+
+        owned = set(assigned)
+        sizes: dict[int, dict[str, Counter[str]]] = {p: {} for p in owned}
+        n = self.settings.partitions
+        for cid, state in list(self.customers.items()):
+            if state is None:
+                continue
+            p = partition_for(cid, n)
+            if p not in owned:
+                continue
+            for seg, segment in state.segments.items():
+                sizes[p].setdefault(seg, Counter())[segment] += 1
+        self.sizes = sizes
+
+    async def tick(self) -> None:
+        """Re-evaluate time-driven segmentations of every local customer at the watermark."""
+        timed = [seg for seg in self.segmentations if getattr(seg, "time_sensitive", True)]
+        now = self.event_time_now()
+        if not timed or not now or not self.ready():
+            return
+        from .kafka.routing import partition_for
+        from .processing import Change
+
+        n = self.settings.partitions
+        owned = set(self._assigned())
+        keys = [cid for cid, st in list(self.customers.items()) if st is not None]
+        wall = time.time()
+        for start in range(0, len(keys), 2000):
+            by_partition: dict[int, list[Change]] = defaultdict(list)
+            for cid in keys[start:start + 2000]:
+                p = partition_for(cid, n)
+                if p not in owned:
+                    continue
+                stored = self.customers.get(cid)
+                if stored is None or now <= stored.last_seen:
+                    continue
+                state = stored.copy()
+                out: list[Change] = []
+                self.step.evaluate(state, now, f"time:{stored.last_seen}", now, wall, out,
+                                   segmentations=timed)
+                if out or state.segment_aux != stored.segment_aux:
+                    with self.partition_context(p):
+                        self.customers[cid] = state
+                    by_partition[p].extend(out)
+            for p, changes in by_partition.items():
+                result = StepResult(changes=changes)
+                await self._send(result, wall, p)
+            await asyncio.sleep(0)
 
     # --- helpers for web views -------------------------------------------------------------------
     def customer(self, customer_id: str) -> Any:

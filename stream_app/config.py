@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     cluster_model: ClusterModel = ClusterModel.kmeans
     clusters: PositiveInt = Field(6, le=64)
     segments_file: Path | None = None
+    tick_interval_s: PositiveFloat = Field(
+        30.0, description="How often time-driven segments (lapsing, ...) are re-evaluated")
+    idle_advance_after_s: PositiveFloat = Field(
+        60.0, description="With no events for this long, event time follows the wall clock")
 
     @field_validator("broker_url")
     @classmethod

@@ -103,10 +103,11 @@ class Step:
 
     # --- segmentation -----------------------------------------------------------------------
     def evaluate(self, state: CustomerState, now: float, cause: str, event_ts: float,
-                 ingest_ts: float, out: list[Change], reason_prefix: str = "") -> None:
-        """Evaluate every segmentation for ``state`` at event time ``now``; record changes."""
+                 ingest_ts: float, out: list[Change], reason_prefix: str = "",
+                 segmentations: Sequence[Segmentation] | None = None) -> None:
+        """Evaluate segmentations (default: all) for ``state`` at event time ``now``."""
         feats = features(state, now, self.cfg)
-        for seg in self.segmentations:
+        for seg in self.segmentations if segmentations is None else segmentations:
             name = seg.name
             decision = seg.evaluate(state, feats, now, state.segment_aux.get(name))
             if decision.aux is None:

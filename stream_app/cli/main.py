@@ -35,9 +35,15 @@ def settings_or_exit(**overrides: object):  # type: ignore[no-untyped-def]
 @cli.command()
 def worker() -> None:
     """Run a worker against SEGMENTER_BROKER_URL (scale out by starting more)."""
+    from ..segmentation.rules import DefinitionsError
     from ..worker import run_worker
 
-    run_worker(settings_or_exit())
+    settings = settings_or_exit()
+    try:
+        run_worker(settings)
+    except DefinitionsError as exc:
+        console.print(f"[bold red]segmenter:[/] SEGMENTER_SEGMENTS_FILE: {exc}")
+        raise typer.Exit(2) from None
 
 
 @cli.command()

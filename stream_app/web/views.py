@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import aiohttp
 
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
@@ -13,6 +17,8 @@ from ..state.features import features
 
 if TYPE_CHECKING:
     from ..app import Runtime
+
+STATIC = Path(__file__).parent / "static"
 
 
 def register_views(rt: Runtime) -> None:
@@ -50,6 +56,103 @@ def register_views(rt: Runtime) -> None:
             if state is None:
                 return self.json({"error": "unknown customer", "id": customer_id}, status=404)
             return self.json(customer_document(rt, state))
+
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            body, ctype = rt.metrics.exposition(request.headers.get("Accept"))
+            return self.bytes(body, headers={"Content-Type": ctype})
+
+    @app.page("/dashboard")
+    class Dashboard(View):
+        async def get(self, request: Request) -> Response:
+            return self.html((STATIC / "dashboard.html").read_text())
+
+    @app.page("/dashboard/data")
+    class DashboardData(View):
+        async def get(self, request: Request) -> Response:
+            since = request.query.get("since")
+            try:
+                since_f = float(since) if since else None
+            except ValueError:
+                return self.json({"error": "since must be a number"}, status=400)
+            return self.json(rt.sampler.snapshot(since_f))
+
+    app.web.add_static("/dashboard/static", STATIC)
+
+    @app.page("/segments")
+    class Segments(View):
+        """Every segmentation with its segments, profiles and live sizes (all workers)."""
+
+        async def get(self, request: Request) -> Response:
+            local = local_sizes(rt)
+            sizes = local
+            if request.query.get("scope") != "local":
+                sizes = await cluster_sizes(rt, local)
+            return self.json(segments_document(rt, sizes))
+
+
+def local_sizes(rt: Runtime) -> dict[str, dict[str, int]]:
+    totals: dict[str, dict[str, int]] = {}
+    for partition in rt._assigned():
+        for seg, counts in rt.sizes.get(partition, {}).items():
+            bucket = totals.setdefault(seg, {})
+            for segment, n in counts.items():
+                if n > 0:
+                    bucket[segment] = bucket.get(segment, 0) + n
+    return totals
+
+
+async def cluster_sizes(rt: Runtime, local: dict[str, dict[str, int]]
+                        ) -> dict[str, dict[str, int]]:
+    """Sum the local sizes of every worker in the group (one request to each peer)."""
+    me = str(rt.app.conf.canonical_url).rstrip("/")
+    try:
+        peers = {str(url).rstrip("/") for url in rt.app.router.tables_metadata()} - {me}
+    except Exception:
+        peers = set()
+    totals = {seg: dict(counts) for seg, counts in local.items()}
+    if not peers:
+        return totals
+
+    async def fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+        async with session.get(f"{url}/segments?scope=local") as resp:
+            return await resp.json()  # type: ignore[no-any-return]
+
+    timeout = aiohttp.ClientTimeout(total=3)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        results = await asyncio.gather(*(fetch(session, u) for u in peers),
+                                       return_exceptions=True)
+    for res in results:
+        if isinstance(res, BaseException):
+            continue
+        for seg in res.get("segmentations", []):
+            bucket = totals.setdefault(seg["name"], {})
+            for segment in seg.get("segments", []):
+                bucket[segment["id"]] = bucket.get(segment["id"], 0) + int(segment.get("size", 0))
+    return totals
+
+
+def segments_document(rt: Runtime, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    out = []
+    for seg in rt.segmentations:
+        desc = seg.describe()
+        counts = sizes.get(seg.name, {})
+        total = sum(counts.values())
+        segments = []
+        known = set()
+        for item in desc.get("segments", []):
+            sid = item.get("id")
+            known.add(sid)
+            n = counts.get(sid, 0)
+            segments.append({**item, "size": n, "share": n / total if total else 0.0})
+        for sid, n in sorted(counts.items()):
+            if sid not in known:  # e.g. a retired cluster still holding customers
+                segments.append({"id": sid, "size": n, "share": n / total if total else 0.0})
+        out.append({**{k: v for k, v in desc.items() if k != "segments"}, "name": seg.name,
+                    "customers": total, "segments": segments})
+    return {"segmentations": out, "event_time": rt.event_time_now()}
 
 
 def customer_document(rt: Runtime, state: Any) -> dict[str, Any]:

@@ -55,8 +55,9 @@ def test_every_configured_algorithm_is_offered() -> None:
 
 
 @pytest.mark.parametrize("algorithm", CONFIGURATIONS)
-def test_untrained_model_knows_nothing(algorithm: str) -> None:
-    model = make_model(algorithm)
+@pytest.mark.parametrize("learned", [0, 1, 5])
+def test_untrained_model_knows_nothing(algorithm: str, learned: int) -> None:
+    model = trained(algorithm, POINTS[:learned])
     assert model.predict_one(POINTS[0]) is None
     assert model.centres() == {}
 
@@ -95,6 +96,7 @@ def test_snapshot_round_trip_reproduces_predictions_and_learning(algorithm: str)
 def test_snapshot_round_trip_while_warming_up(algorithm: str, learned: int) -> None:
     model = trained(algorithm, POINTS[:learned])
     restored = roundtrip(model)
+    assert [restored.predict_one(x) for x in PROBES] == [model.predict_one(x) for x in PROBES]
     for x in POINTS[learned:1500]:
         model.learn_one(x)
         restored.learn_one(x)

@@ -14,8 +14,9 @@ Why wrappers rather than River objects directly:
   ``KMeans`` draws random initial coordinates in set-iteration order, which changes with
   ``PYTHONHASHSEED``. The wrappers feed River integer keys (the feature's position) and
   draw every initial coordinate up front, so a seed gives the same model in every process.
-* **"Unknown" instead of an arbitrary answer.** Untrained River models return cluster 0;
-  the wrappers return ``None`` until the model has a cluster.
+* **"Unknown" instead of an arbitrary answer.** Untrained River models answer with cluster
+  0, a random centre, or an exception; the wrappers return ``None`` until the model has a
+  learned cluster.
 
 Raw cluster ids are River's own and are *not* stable over time (they move, merge and
 vanish as the model learns); :mod:`.stable` maps them to lasting segment ids.
@@ -42,6 +43,7 @@ class Clusterer(Protocol):
 
     algorithm: str
     features: tuple[str, ...]
+    params: dict[str, Any]  # the constructor arguments (JSON-safe)
 
     def learn_one(self, x: Mapping[str, float]) -> None:
         """Learn from one vector (every name in ``features`` must be present)."""
@@ -259,12 +261,19 @@ class STREAMKMeansModel(_RiverModel):
     def learn_one(self, x: Mapping[str, float]) -> None:
         self._river.learn_one(self._keyed(x))
 
+    def _trained(self) -> bool:
+        # River exposes the outer k-means' random starting centres from the first point on;
+        # they mean something only once a chunk has been clustered into them.
+        return self._river.time_stamp >= self._river.chunk_size
+
     def predict_one(self, x: Mapping[str, float]) -> int | None:
-        if not self._river.centers:  # no chunk completed yet
+        if not self._trained():
             return None
         return int(self._river.predict_one(self._keyed(x)))
 
     def centres(self) -> dict[int, list[float]]:
+        if not self._trained():
+            return {}
         return {i: self._listed(c) for i, c in self._river.centers.items()}
 
     def _state(self) -> dict[str, Any]:
@@ -278,8 +287,7 @@ class STREAMKMeansModel(_RiverModel):
         r.time_stamp = int(state["time_stamp"])
         r._temp_chunk = {int(i): dict(enumerate(p)) for i, p in state["chunk"]}
         _set_centres(r._kmeans, state["centres"])
-        # River publishes the inner centres only once a chunk has been processed
-        r.centers = r._kmeans.centers if r.time_stamp >= r.chunk_size else {}
+        r.centers = r._kmeans.centers if r.time_stamp > 0 else {}  # as River's learn_one does
 
 
 class DBSTREAMModel(_RiverModel):
@@ -338,9 +346,9 @@ class DenStreamModel(_RiverModel):
     """``river.cluster.DenStream``: potential/outlier micro-clusters, DBSCAN on request.
 
     River's ``predict_one`` builds the final clusters by shallow-copying micro-clusters and
-    merging into them, which alters the shared sums of the live micro-clusters: every
-    prediction would change the model. The wrapper therefore runs it on a deep copy (slow,
-    but serving never calls it: workers score against snapshot centres).
+    merging into them, which alters the sums of the live micro-clusters whenever a final
+    cluster has several: predicting would change the model. The wrapper therefore runs it on
+    a deep copy (slow, but serving never calls it: workers score against snapshot centres).
     """
 
     algorithm = "denstream"

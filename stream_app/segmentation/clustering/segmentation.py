@@ -142,10 +142,10 @@ class BehaviorSegmentation:
                 ) -> Decision:
         best_id = m.ids[best]
         why: dict[str, Any] = {"nearest": best_id, "nearest_distance": round(dist[best], 3)}
-        col = m.column.get(current) if current is not None else None
-        if col is None:
+        if current is None or current not in m.column:
             reason = "nearest centre" if current is None else f"segment {current} retired"
             return self._to(m, best_id, reason, {**why, "distance": why["nearest_distance"]})
+        col = m.column[current]
         why["distance"] = round(dist[col], 3)
         h = self.hysteresis
         if best == col or dist[best] >= (1.0 - h.margin) * dist[col]:

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 PREFIX = "b"
+Vector = Sequence[float] | np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class Matching:
     next_id: int  # counter for the next fresh id
 
 
-def match(previous: Mapping[str, Sequence[float]], current: Mapping[int, Sequence[float]],
+def match(previous: Mapping[str, Vector], current: Mapping[int, Vector],
           next_id: int, *, max_distance: float, prefix: str = PREFIX) -> Matching:
     """Give each current centre a stable id (both sets must be in the same space).
 

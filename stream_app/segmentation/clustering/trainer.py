@@ -56,7 +56,7 @@ class TrainerSettings:
     snapshot_min: int = 50  # ... if at least this many samples arrived since
     match_distance: float = 1.0  # scaled units: farther centres are different segments
     min_share: float = 0.02  # new clusters holding less of the recent sample are not segments
-    sample_size: int = 2000  # recent samples kept for profiles and segment sizes
+    sample_size: int = 1000  # recent samples kept for profiles and segment sizes
 
 
 def learn_due(last_sampled_at: float | None, now: float, every_s: float = 86400.0) -> bool:
@@ -117,15 +117,15 @@ class Trainer:
         s = self.settings
         if self.since_snapshot == 0:
             return None
+        late = self.last_snapshot_at is None or now - self.last_snapshot_at >= s.snapshot_every_s
         due = self.since_snapshot >= s.snapshot_every or (
-            self.since_snapshot >= s.snapshot_min
-            and (self.last_snapshot_at is None or now - self.last_snapshot_at >= s.snapshot_every_s))
+            late and self.since_snapshot >= s.snapshot_min)
         if not due or self.n_learned < s.warmup:
             return None
-        snapshot = self._snapshot(now)
+        snapshot = self._snapshot(float(now))
         if snapshot is not None:
             self.since_snapshot = 0
-            self.last_snapshot_at = now
+            self.last_snapshot_at = float(now)
         return snapshot
 
     def _snapshot(self, now: float) -> dict[str, Any] | None:
@@ -166,7 +166,7 @@ class Trainer:
             "segmentation": SEGMENTATION,
             "version": self.version,
             "algorithm": s.algorithm,
-            "params": dict(self.model.to_snapshot()["params"]),
+            "params": dict(self.model.params),
             "created_at": now,
             "n_learned": self.n_learned,
             "features": list(FEATURES),
