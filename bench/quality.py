@@ -170,7 +170,7 @@ class Report:
 
 
 def evaluate(customers: int = 1000, days: float = 60.0, models: Sequence[str] = tuple(MODELS),
-             clusters: int = 7, seed: int = 1, shift_share: float = 0.1,
+             clusters: int = 7, seed: int = 1, shift_share: float = 0.25,
              tick_hours: float = 6.0, batch_customers: int = 100,
              hysteresis: Hysteresis = DEFAULT_HYSTERESIS,
              settings: TrainerSettings = DEFAULT_SETTINGS, min_learned: int = 1000) -> Report:
@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--model", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--clusters", type=int, default=7)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--shift-share", type=float, default=0.1,
+    ap.add_argument("--shift-share", type=float, default=0.25,
                     help="share of window shoppers who become frequent high spenders mid-way")
     ap.add_argument("--margin", type=float, default=Hysteresis().margin)
     ap.add_argument("--confirmations", type=int, default=Hysteresis().confirmations)

@@ -25,7 +25,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,7 +96,8 @@ PERSONA_KEYS = tuple(p.key for p in PERSONAS)
 
 @dataclass(frozen=True, slots=True)
 class Shift:
-    """From ``day`` (days after the start) on, ``customer_id`` behaves like ``persona``."""
+    """``customer_id`` behaves like ``persona`` from the simulated day containing ``day``
+    (days after the start) on."""
 
     customer_id: str
     day: float
@@ -133,7 +134,6 @@ class Simulation:
     personas: tuple[Persona, ...]
     initial: Mapping[str, str]
     ground_truth: Mapping[str, str]
-    arrivals: Mapping[str, float] = field(repr=False)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return _events(self)
@@ -170,7 +170,7 @@ def simulate(customers: int = 1000, days: float = 60.0, seed: int = 0,
             raise ValueError(f"unknown customer or persona in {shift}")
         final[shift.customer_id] = shift.persona
     return Simulation(customers, days, seed, start, tuple(shifts), tuple(personas), initial,
-                      final, {c.cid: c.arrival for c in drawn})
+                      final)
 
 
 def _draw_customers(n: int, days: float, seed: int, personas: Sequence[Persona]
