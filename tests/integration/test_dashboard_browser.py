@@ -163,3 +163,45 @@ async def test_dashboard_draws_live_data(dashboard_base_url: str, tmp_path: Path
     await _chromium_run(url, tmp_path / "profile-shot", f"--screenshot={shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000, "the screenshot looks blank"
+
+
+async def test_real_worker_dashboard_draws_its_own_traffic(worker, producer, tmp_path: Path
+                                                           ) -> None:
+    """The worker's own /dashboard, fed by events that flowed through the real broker."""
+    from itertools import islice
+
+    import orjson
+
+    from stream_app.simulate import simulate
+
+    from .conftest import wait_for
+
+    events = list(islice(iter(simulate(customers=150, days=30, seed=3)), 6000))
+    for i, event in enumerate(events):
+        key = (event.get("userId") or event.get("anonymousId")).encode()
+        producer.send("customer-interactions", orjson.dumps(event), key=key)
+        if i % 1500 == 0:
+            producer.flush()
+            await asyncio.sleep(2.1)  # spread over several sampling intervals
+    producer.send("customer-interactions", b"{not json")
+    producer.flush()
+
+    def sampled() -> bool:
+        doc = worker.get("/dashboard/data").json()
+        rates = [v for _, v in doc["series"]["events_per_s"] if v]
+        return len(rates) >= 2 and bool(doc["segment_sizes"])
+
+    wait_for(sampled, timeout=60, what="the sampler to see traffic and segment sizes")
+    dom = _Dom()
+    url = f"{worker.base_url}/dashboard"
+    dom.feed(await _chromium_run(url, tmp_path / "profile-dom", "--dump-dom"))
+    points = {chart: int(dom.by_id[chart].get("data-points") or 0)
+              for chart in ("chart-throughput", "chart-segments", "chart-changes")}
+    assert all(n > 0 for n in points.values()), f"charts without drawn points: {points}"
+    assert dom.text["kpi-events"] not in ("", "–")
+    assert {"rfm", "lifecycle"} <= set(dom.options)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard-worker.png"
+    shot.unlink(missing_ok=True)
+    await _chromium_run(url, tmp_path / "profile-shot", f"--screenshot={shot}")
+    assert shot.stat().st_size > 20_000, "the screenshot looks blank"
