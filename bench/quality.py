@@ -3,11 +3,12 @@
     .venv/bin/python bench/quality.py [--customers N] [--days D] [--model kmeans ...]
 
 Simulated customers with known personas (``stream_app.simulate``) go through the same pure
-path as the worker: ``parse.decode`` -> ``state.customer`` apply -> ``features`` ->
-``BehaviorSegmentation.evaluate`` on every event, plus a periodic re-evaluation tick of every
-customer (so quiet customers age into "lapsing"); customer samples feed one ``Trainer`` per
-model (at most one per customer per day, see ``learn_due``) and each snapshot it publishes is
-loaded at once, as a worker would. Every model sees the same events in the same pass.
+path as the worker, in micro-batches as the worker takes them: ``parse.decode`` ->
+``state.customer`` apply -> ``features`` -> ``BehaviorSegmentation.evaluate_many`` for the
+customers a batch touched, plus a re-evaluation tick of every customer each 6 simulated hours
+(so quiet customers age into "lapsing"). Customer samples feed one ``Trainer`` per model (at
+most one per customer per day, see ``learn_due``); the trainer runs on the wall clock and
+each snapshot it publishes is loaded at once. Every model sees the same events in one pass.
 
 Figures (steady state = the last third of the period; customers given a behaviour shift are
 left out of stability and change rates, which are about customers who did not change):
@@ -19,9 +20,10 @@ left out of stability and change rates, which are about customers who did not ch
 * stable served: the same, through ``evaluate`` with its hysteresis, evaluated repeatedly
   until it settles (so confirmations only delay, they cannot hide a move).
 * chg/c/d: segment changes (not first assignments) per customer per day, events and ticks.
-* shift ok: share of shifted customers who ended in the segment of their new persona.
-* learn / score: microseconds per ``Trainer.learn`` and per single ``evaluate``; batch:
-  per customer in ``evaluate_many`` (ticks); snap: milliseconds per snapshot.
+* shift ok: share of shifted customers (window shoppers who start buying heavily half-way)
+  who ended in the segment holding most of their new persona.
+* learn us: per ``Trainer.learn``; score us: per customer in ``evaluate_many`` batches;
+  one us: per single-customer ``evaluate``; snap ms: per snapshot published.
 """
 
 from __future__ import annotations

@@ -122,9 +122,13 @@ class Runtime:
 
     def _table(self, name: str, value_serializer: str) -> Any:
         table = self.app.Table(name, default=None, partitions=self.settings.partitions)
-        # Set before first use: the store and changelog topic read them lazily.
+        # Faust derives serializers from model types; ours are codecs, so set them on the
+        # table and on its changelog topic (created in the constructor), before first use.
         table.key_serializer = "utf8"
         table.value_serializer = value_serializer
+        topic = table.changelog_topic
+        topic.key_serializer = "utf8"
+        topic.value_serializer = value_serializer
         return table
 
     # --- processing ----------------------------------------------------------------------------

@@ -109,8 +109,10 @@ def test_anonymous_history_merges_into_the_identified_customer(broker, worker, p
              what="aliased event applied to the user")
 
 
-def test_rocksdb_worker_keeps_state_across_kill_and_restart(broker, worker_factory, producer):
-    w = worker_factory("rocks", store="rocksdb").start()
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_worker_keeps_state_across_kill_and_restart(store, broker, worker_factory, producer):
+    """memory: rebuilt from the changelog; rocksdb: kept on disk plus the changelog tail."""
+    w = worker_factory(store, store=store).start()
     for i in range(25):
         send(producer, order("erin", f"e-{i}", 10.0), key=b"erin")
         if i % 7 == 0:
