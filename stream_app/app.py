@@ -23,7 +23,14 @@ from .config import Settings
 from .events.parse import Limits
 from .kafka.clients import faust_credentials
 from .metrics import Metrics
-from .processing import Message, Step, StepResult, change_bytes, dead_letter_headers
+from .processing import (
+    HeldWrites,
+    Message,
+    Step,
+    StepResult,
+    change_bytes,
+    dead_letter_headers,
+)
 from .segmentation.base import Segmentation
 from .state import codec
 from .state.customer import StateConfig
@@ -61,6 +68,7 @@ class Runtime:
         codec.register()
         self.settings = s = settings
         self.segmentations: list[Segmentation] = list(segmentations or [])
+        self.behavior = next((seg for seg in self.segmentations if seg.name == "behavior"), None)
         self.started_at = time.time()
         self.watermark = 0.0  # max event time applied by this worker
         self.last_event_wall = 0.0
@@ -71,6 +79,8 @@ class Runtime:
         self.sizes: dict[int, dict[str, Counter[str]]] = {}
         self._sizes_generation = -1
         self.broker_stalled_since: float | None = None
+        # Held while a batch (or a time tick) is between reading and writing the tables.
+        self.state_lock = asyncio.Lock()
         self.app = app = faust.App(
             s.app_id,
             broker=s.broker_url.replace("kafka://", "segmenter-kafka://", 1).replace(
@@ -113,9 +123,14 @@ class Runtime:
                                      half_life_days=s.recent_half_life_days,
                                      cart_abandon_after_s=s.cart_abandon_after_s,
                                      dedupe_window=s.dedupe_window),
+            sample_every_s=86400.0 if self.behavior is not None else None,
         )
         self._declare_agents()
         self._declare_timers()
+        if self.behavior is not None:
+            from . import modeling
+
+            modeling.install(self, self.behavior)  # type: ignore[arg-type]
         from .web.views import register_views
 
         register_views(self)
@@ -151,11 +166,20 @@ class Runtime:
             groups[m.partition].append(
                 Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
         wall = time.time()
-        for partition, messages in groups.items():
-            with self.partition_context(partition):
-                result = self.step.run(partition, messages, self.customers, self.aliases, wall)
-            await self._send(result, wall, partition)
-            self.stats["messages"] += len(messages)
+        held: list[tuple[int, HeldWrites, HeldWrites]] = []
+        async with self.state_lock:
+            for partition, messages in groups.items():
+                customers, aliases = HeldWrites(self.customers), HeldWrites(self.aliases)
+                result = self.step.run(partition, messages, customers, aliases, wall)
+                await self._send(result, wall, partition)
+                held.append((partition, customers, aliases))
+                self.stats["messages"] += len(messages)
+            # Outputs first, state second (see HeldWrites): a crash cannot lose a change.
+            await self.app.producer.flush()
+            for partition, customers, aliases in held:
+                with self.partition_context(partition):
+                    customers.apply()
+                    aliases.apply()
         self.metrics.observe_batch(len(events), time.perf_counter() - started)
 
     @contextmanager
@@ -176,6 +200,10 @@ class Runtime:
                            headers=dead_letter_headers(msg, rej, wall))
         for change in result.changes:
             await changes.send(key=change.customer_id.encode(), value=change_bytes(change))
+        if result.samples:
+            from .modeling import send_samples
+
+            await send_samples(self, result.samples)
         self._account(result, partition)
         st = self.stats
         st["applied"] += result.applied
@@ -298,24 +326,30 @@ class Runtime:
         wall = time.time()
         for start in range(0, len(keys), 2000):
             by_partition: dict[int, list[Change]] = defaultdict(list)
-            for cid in keys[start:start + 2000]:
-                p = partition_for(cid, n)
-                if p not in owned:
-                    continue
-                stored = self.customers.get(cid)
-                if stored is None or now <= stored.last_seen:
-                    continue
-                state = stored.copy()
-                out: list[Change] = []
-                self.step.evaluate(state, now, f"time:{stored.last_seen}", now, wall, out,
-                                   segmentations=timed)
-                if out or state.segment_aux != stored.segment_aux:
+            writes: dict[int, dict[str, Any]] = defaultdict(dict)
+            async with self.state_lock:
+                for cid in keys[start:start + 2000]:
+                    p = partition_for(cid, n)
+                    if p not in owned:
+                        continue
+                    stored = self.customers.get(cid)
+                    if stored is None or now <= stored.last_seen:
+                        continue
+                    state = stored.copy()
+                    out: list[Change] = []
+                    self.step.evaluate(state, now, f"time:{stored.last_seen}", now, wall, out,
+                                       segmentations=timed)
+                    if out or state.segment_aux != stored.segment_aux:
+                        writes[p][cid] = state
+                        by_partition[p].extend(out)
+                for p, changes in by_partition.items():
+                    result = StepResult(changes=changes)
+                    await self._send(result, wall, p)
+                await self.app.producer.flush()  # changes before state, as in handle()
+                for p, states in writes.items():
                     with self.partition_context(p):
-                        self.customers[cid] = state
-                    by_partition[p].extend(out)
-            for p, changes in by_partition.items():
-                result = StepResult(changes=changes)
-                await self._send(result, wall, p)
+                        for cid, state in states.items():
+                            self.customers[cid] = state
             await asyncio.sleep(0)
 
     # --- helpers for web views -------------------------------------------------------------------

@@ -104,7 +104,14 @@ class Settings(BaseSettings):
 
     # --- Segmentation -----------------------------------------------------------------------
     cluster_model: ClusterModel = ClusterModel.kmeans
-    clusters: PositiveInt = Field(6, le=64)
+    clusters: PositiveInt = Field(7, le=64)
+    model_snapshot_every: PositiveInt = Field(
+        1000, description="Publish a new clustering model after this many training samples")
+    model_snapshot_every_s: PositiveFloat = Field(
+        3600.0, description="... or after this many seconds since the last snapshot")
+    model_min_learned: PositiveInt = Field(
+        1000, description="Customers stay unassigned until the model has learned this many")
+    clustering: bool = Field(True, description="Run the behavioural clustering")
     segments_file: Path | None = None
     tick_interval_s: PositiveFloat = Field(
         30.0, description="How often time-driven segments (lapsing, ...) are re-evaluated")
@@ -163,6 +170,16 @@ class Settings(BaseSettings):
     def model_topic(self) -> str:
         """Internal compacted topic: versioned clustering-model snapshots."""
         return f"{self.app_id}-model"
+
+    @property
+    def training_topic(self) -> str:
+        """Internal one-partition topic: feature samples for the one model trainer."""
+        return f"{self.app_id}-training"
+
+    @property
+    def trainer_topic(self) -> str:
+        """Internal compacted topic: trainer checkpoints, so the trainer can move workers."""
+        return f"{self.app_id}-trainer"
 
 
 class SettingsError(Exception):

@@ -15,7 +15,7 @@ Semantics:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,6 @@ from .state.customer import (
     StateConfig,
     apply_in_place,
     merge,
-    message_digest,
     new_state,
 )
 from .state.features import features
@@ -70,6 +69,10 @@ class StepResult:
     duplicates: int = 0
     events_by_kind: dict[str, int] = field(default_factory=dict)
     max_event_ts: float = 0.0
+    samples: list[dict[str, Any]] = field(default_factory=list)  # features for the trainer
+
+
+SAMPLED_AT = "_sampled_at"  # segment_aux key: event time of the last training sample
 
 
 def _iso(ts: float) -> str:
@@ -81,13 +84,17 @@ class Step:
 
     def __init__(self, *, input_topic: str, routed_topic: str, partitions: int,
                  segmentations: Sequence[Segmentation], limits: Limits = Limits(),
-                 state_config: StateConfig = StateConfig()) -> None:
+                 state_config: StateConfig = StateConfig(),
+                 sample_every_s: float | None = None) -> None:
         self.input_topic = input_topic
         self.routed_topic = routed_topic
         self.partitions = partitions
         self.segmentations = list(segmentations)
         self.limits = limits
         self.cfg = state_config
+        # Training samples for the clustering: at most one per customer per this much event
+        # time, so busy customers do not dominate the model (None: no clustering).
+        self.sample_every_s = sample_every_s
 
     # --- entry point -----------------------------------------------------------------------
     def run(self, partition: int, messages: Iterable[Message],
@@ -104,12 +111,31 @@ class Step:
     # --- segmentation -----------------------------------------------------------------------
     def evaluate(self, state: CustomerState, now: float, cause: str, event_ts: float,
                  ingest_ts: float, out: list[Change], reason_prefix: str = "",
-                 segmentations: Sequence[Segmentation] | None = None) -> None:
-        """Evaluate segmentations (default: all) for ``state`` at event time ``now``."""
+                 segmentations: Sequence[Segmentation] | None = None,
+                 samples: list[dict[str, Any]] | None = None,
+                 traits_changed: bool = True) -> None:
+        """Evaluate segmentations (default: all) for ``state`` at event time ``now``.
+
+        When ``samples`` is given and the customer is due, its features are added to it for
+        the clustering trainer. ``traits_changed=False`` promises that the traits are those of
+        the last evaluation (see ``unchanged`` below).
+        """
         feats = features(state, now, self.cfg)
+        if samples is not None and self.sample_every_s is not None:
+            last = state.segment_aux.get(SAMPLED_AT)
+            if last is None or now - last >= self.sample_every_s:
+                state.segment_aux[SAMPLED_AT] = now
+                samples.append(feats)
+        aux_of = state.segment_aux
         for seg in self.segmentations if segmentations is None else segmentations:
             name = seg.name
-            decision = seg.evaluate(state, feats, now, state.segment_aux.get(name))
+            aux = aux_of.get(name)
+            # A segmentation may tell cheaply that evaluating would change nothing (the rule
+            # segmentations do); then no Decision is built. That is the common case.
+            unchanged = getattr(seg, "unchanged", None)
+            if unchanged is not None and unchanged(state, feats, now, aux, traits_changed):
+                continue
+            decision = seg.evaluate(state, feats, now, aux)
             if decision.aux is None:
                 state.segment_aux.pop(name, None)
             else:
@@ -163,6 +189,7 @@ class _Batch:
         self.wall_now = wall_now
         self.work: dict[str, CustomerState | None] = {}
         self.dirty: set[str] = set()  # customers whose working state differs from the table
+        self.merges: set[tuple[str, str]] = set()  # merge requests sent by this batch
         self.result = StepResult()
 
     # --- state access ------------------------------------------------------------------------
@@ -179,6 +206,11 @@ class _Batch:
 
     def _route(self, cid: str, value: bytes) -> None:
         self.result.routed.append((cid, routing.partition_for(cid, self.step.partitions), value))
+
+    def _request_merge(self, anon: str, user: str) -> None:
+        if (anon, user) not in self.merges:  # once per batch is enough
+            self.merges.add((anon, user))
+            self._route(anon, routing.merge_op(anon, user))
 
     # --- input ------------------------------------------------------------------------------
     def on_input(self, msg: Message) -> None:
@@ -210,10 +242,16 @@ class _Batch:
         cid = rec.customer_id
         state = self._load(cid)
         anon = rec.anonymous_id
-        link = (rec.user_id is not None and anon is not None and anon != cid
-                and (state is None or anon not in state.anonymous_ids))
+        # A user event that carries an anonymous id this customer has not absorbed yet asks
+        # for a merge, duplicate or not: if a crash came between storing the state and sending
+        # the request, the redelivered event is a duplicate and must still ask. The anonymous
+        # id's partition ignores repeated requests.
+        if (rec.user_id is not None and anon is not None and anon != cid
+                and (state is None or anon not in state.anonymous_ids)):
+            self._request_merge(anon, cid)
         if state is None:
             state = self.work[cid] = new_state(rec)
+        traits = state.traits.copy()
         if not apply_in_place(state, rec, self.step.cfg):
             res.duplicates += 1
             return
@@ -221,10 +259,8 @@ class _Batch:
         self.dirty.add(cid)
         res.events_by_kind[rec.kind] = res.events_by_kind.get(rec.kind, 0) + 1
         res.max_event_ts = max(res.max_event_ts, rec.ts)
-        if link:
-            assert anon is not None
-            self._route(anon, routing.merge_op(anon, cid))
-        self.step.evaluate(state, state.last_seen, rec.message_id, rec.ts, ingest_ts, res.changes)
+        self.step.evaluate(state, state.last_seen, rec.message_id, rec.ts, ingest_ts, res.changes,
+                           samples=res.samples, traits_changed=state.traits != traits)
 
     # --- routed operations ------------------------------------------------------------------
     def on_routed(self, msg: Message) -> None:
@@ -252,35 +288,50 @@ class _Batch:
     def _merge_out(self, anon: str, user: str, ingest_ts: float) -> None:
         """At the anonymous id's partition: hand its history to the user, alias the id."""
         if self.aliases.get(anon) == user:
-            return  # already merged (redelivered operation)
+            return  # already merged (a repeated request): the absorb was sent back then
         self.aliases[anon] = user
         state = self._load(anon)
-        if state is None:
-            return
-        self.step.exit_all(state, f"merge:{anon}->{user}", state.last_seen, ingest_ts,
-                           f"merged into customer {user}", self.result.changes)
-        self.work[anon] = None
-        self.dirty.add(anon)
+        if state is None:  # nothing to hand over; the user still records the id as absorbed
+            state = CustomerState(customer_id=anon)
+        else:
+            self.step.exit_all(state, f"merge:{anon}->{user}", state.last_seen, ingest_ts,
+                               f"merged into customer {user}", self.result.changes)
+            self.work[anon] = None
+            self.dirty.add(anon)
         self._route(user, routing.absorb_op(user, anon, codec.dumps(state)))
 
     def _absorb(self, user: str, anon: str, other: CustomerState, ingest_ts: float) -> None:
+        """At the user's partition: fold an anonymous history in, once.
+
+        ``merge`` records the anonymous id in ``anonymous_ids``, and only absorbing does, so
+        a redelivered absorb is recognised however many events came in between (a dedupe
+        marker among the last message ids would be pushed out by them).
+        """
         state = self._load(user)
-        marker = message_digest(f"absorb:{anon}")
-        if state is not None and marker in state.seen:
+        if state is not None and anon in state.anonymous_ids:
             return  # redelivered
         if state is None:
+            if other.events == 0:
+                return
             state = CustomerState(customer_id=user, first_seen=other.first_seen,
                                   last_seen=other.last_seen, decay_ref=other.decay_ref)
         other.segments.clear()
         other.segment_aux.clear()
         merged = merge(state, other, self.step.cfg)
-        merged.seen.append(marker)
         self.work[user] = merged
         self.dirty.add(user)
-        self.step.evaluate(merged, merged.last_seen, f"absorb:{anon}", merged.last_seen,
-                           ingest_ts, self.result.changes)
+        if other.events:
+            self.step.evaluate(merged, merged.last_seen, f"absorb:{anon}", merged.last_seen,
+                               ingest_ts, self.result.changes)
 
     def _erase(self, cid: str, message_id: str, ingest_ts: float) -> None:
+        """Erasure: the customer's state, and the links of its anonymous ids, everywhere.
+
+        The customer leaves its segments (changes to null), its state is deleted (a tombstone
+        in the changelog), and its anonymous ids stop pointing at it: here directly, on other
+        partitions through an erase request for each id. Later events start a new customer.
+        """
+        self.aliases.pop(cid, None)  # an anonymous id erased on its own: forget its link too
         state = self._load(cid)
         if state is None:
             return
@@ -289,6 +340,8 @@ class _Batch:
         for anon in state.anonymous_ids:
             if self._owned(anon):
                 self.aliases.pop(anon, None)
+            else:
+                self._route(anon, routing.erase_op(anon, message_id))
         self.work[cid] = None
         self.dirty.add(cid)
 
@@ -305,6 +358,66 @@ class _Batch:
                 self.customers[cid] = state
                 res.written += 1
         return res
+
+
+_MISSING = object()
+_DELETED = object()
+
+
+class HeldWrites(MutableMapping[str, Any]):
+    """A table seen through writes held back: reads see them, :meth:`apply` makes them.
+
+    The worker runs a step against held writes, sends the step's outputs, waits until the
+    broker has them, and only then writes the table (whose changelog is what survives a
+    crash). So a crash either loses the state of the batch, which is then replayed and sends
+    the same outputs again (same change ids), or finds it stored after its outputs were
+    delivered. Written the other way round, a crash between the two would leave the state
+    stored and its segment changes and merge requests lost: the replayed events are then
+    duplicates and send nothing.
+    """
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self.table = table
+        self.held: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.held.get(key, _MISSING)
+        if value is _MISSING:
+            return self.table[key]
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.held.get(key, _MISSING)
+        if value is _MISSING:
+            return self.table.get(key, default)
+        return default if value is _DELETED else value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.held[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if self.get(key, _MISSING) is _MISSING:
+            raise KeyError(key)
+        self.held[key] = _DELETED
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (k for k in self.table if k not in self.held)
+        yield from (k for k, v in self.held.items() if v is not _DELETED)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def apply(self) -> None:
+        """Write what was held to the table (in the order it was written)."""
+        table = self.table
+        for key, value in self.held.items():
+            if value is not _DELETED:
+                table[key] = value
+            elif key in table:
+                del table[key]
+        self.held.clear()
 
 
 def dead_letter_headers(msg: Message, rej: Rejection, rejected_at: float

@@ -76,6 +76,11 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
          {"retention.ms": str(14 * 24 * 3600 * 1000)}),
         (settings.changes_topic, settings.partitions,
          {"cleanup.policy": "delete", "retention.ms": week}),
+        # one partition each: one trainer owns the model, every worker reads every snapshot
+        (settings.training_topic, 1, {"retention.ms": str(24 * 3600 * 1000)}),
+        (settings.model_topic, 1, {"cleanup.policy": "compact"}),
+        (settings.trainer_topic, 1, {"cleanup.policy": "compact",
+                                     "max.message.bytes": str(8 * 1024 * 1024)}),
     ]
 
 

@@ -7,11 +7,17 @@ from .base import Segmentation
 
 
 def build_segmentations(settings: Settings) -> list[Segmentation]:
-    """Rule segmentations from SEGMENTER_SEGMENTS_FILE (or the shipped defaults).
+    """The behavioural clustering (unless SEGMENTER_CLUSTERING=false) and the rule
+    segmentations from SEGMENTER_SEGMENTS_FILE (or the shipped defaults).
 
     Raises :class:`~stream_app.segmentation.rules.DefinitionsError` for a bad file.
     """
     from .rules import load_segmentations
 
-    segs: list[Segmentation] = list(load_segmentations(settings.segments_file))
+    segs: list[Segmentation] = []
+    if settings.clustering:
+        from .clustering import BehaviorSegmentation
+
+        segs.append(BehaviorSegmentation(min_learned=settings.model_min_learned))
+    segs.extend(load_segmentations(settings.segments_file))
     return segs

@@ -12,6 +12,8 @@ from typing import Any
 from .customer import DAY, CustomerState, StateConfig, _decay_factor
 
 NEVER_DAYS = 3650.0  # "days since" when something never happened
+_30_DAYS = 30 * DAY
+_90_DAYS = 90 * DAY
 
 
 def features(s: CustomerState, now: float, cfg: StateConfig = StateConfig()) -> dict[str, Any]:
@@ -20,10 +22,14 @@ def features(s: CustomerState, now: float, cfg: StateConfig = StateConfig()) -> 
     tenure_days = max((now - s.first_seen) / DAY, 0.0)
     months = max(tenure_days / 30.44, 1.0)
     decay = _decay_factor(max(now - s.decay_ref, 0.0), cfg)
-    orders_30d = sum(1 for ts, _ in s.recent_orders if now - ts <= 30 * DAY)
-    orders_90d = sum(1 for ts, _ in s.recent_orders if now - ts <= 90 * DAY)
-    revenue_30d = sum((a for ts, a in s.recent_orders if now - ts <= 30 * DAY), 0.0)
-    revenue_90d = sum((a for ts, a in s.recent_orders if now - ts <= 90 * DAY), 0.0)
+    # This runs after every applied event: the 30-day window is looked at only when the
+    # 90-day one holds something, and sum() adds the same amounts in the same order as ever.
+    amounts_90d = [a for ts, a in s.recent_orders if now - ts <= _90_DAYS]
+    amounts_30d = [a for ts, a in s.recent_orders if now - ts <= _30_DAYS] if amounts_90d else []
+    orders_30d = len(amounts_30d)
+    orders_90d = len(amounts_90d)
+    revenue_30d = sum(amounts_30d, 0.0)
+    revenue_90d = sum(amounts_90d, 0.0)
     net = max(s.revenue - s.refunded, 0.0)
     pending_abandon = (
         s.cart_pending_since is not None and now - s.cart_pending_since > cfg.cart_abandon_after_s
@@ -69,7 +75,10 @@ def features(s: CustomerState, now: float, cfg: StateConfig = StateConfig()) -> 
 def _top(counts: dict[str, float]) -> str | None:
     if not counts:
         return None
-    return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    # the largest count, ties to the largest name: max by (count, name), without a key call
+    # per item (counts are finite sums of weights)
+    top = max(counts.values())
+    return max(name for name, n in counts.items() if n == top)
 
 
 def days(value: float) -> float:

@@ -149,7 +149,8 @@ def segments_document(rt: Runtime, sizes: dict[str, dict[str, int]]) -> dict[str
             segments.append({**item, "size": n, "share": n / total if total else 0.0})
         for sid, n in sorted(counts.items()):
             if sid not in known:  # e.g. a retired cluster still holding customers
-                segments.append({"id": sid, "size": n, "share": n / total if total else 0.0})
+                segments.append({"id": sid, "size": n, "share": n / total if total else 0.0,
+                                 "retired": True})
         out.append({**{k: v for k, v in desc.items() if k != "segments"}, "name": seg.name,
                     "customers": total, "segments": segments})
     return {"segmentations": out, "event_time": rt.event_time_now()}

@@ -18,6 +18,7 @@ from stream_app.state.customer import (
     MAX_RECENT_ORDERS,
     CustomerState,
     apply_many,
+    merge,
 )
 
 T0 = 1_700_000_000.0
@@ -47,6 +48,8 @@ def busy_customer() -> CustomerState:
             "lifestyle": ["active", "urban"], "values": ["sustainability"]}))
     state, applied = apply_many(None, recs)
     assert state is not None and applied == len(recs)
+    for i in range(6):  # signed in from six browsers: their (empty) histories merged in
+        state = merge(state, CustomerState(customer_id=str(uuid.UUID(int=10 + i))))
     state.segments = {"behavior": "c3", "value-tier": "gold"}
     state.segment_aux = {"behavior": [2, "c3"]}
     return state

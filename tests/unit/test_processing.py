@@ -326,16 +326,43 @@ def test_anonymous_events_of_a_linked_id_are_rekeyed_to_the_user() -> None:
     res, customers, _ = run_one(new_step(), P_USER, [page(T0, anon=anon_here)],
                                 aliases={anon_here: USER})
     assert res.routed == [] and customers[USER].page_views == 1
-    assert customers[USER].anonymous_ids == [anon_here]
 
 
-def test_identify_with_a_new_anonymous_id_asks_for_a_merge_once() -> None:
+def test_a_user_event_asks_for_a_merge_until_the_history_is_absorbed() -> None:
     step = new_step()
-    res, customers, aliases = run_one(step, P_USER, [identify(T0)])
-    assert res.routed == [(ANON, P_ANON, routing.merge_op(ANON, USER))]
-    assert customers[USER].anonymous_ids == [ANON]
-    res, *_ = run_one(step, P_USER, [identify(T0 + 1, traits={"age": 31})], customers, aliases)
-    assert res.applied == 1 and res.routed == []  # already linked
+    request = (ANON, P_ANON, routing.merge_op(ANON, USER))
+    res, customers, aliases = run_one(
+        step, P_USER, [identify(T0), identify(T0 + 1, traits={"age": 31})])
+    assert res.applied == 2 and res.routed == [request]  # once per batch
+    assert customers[USER].anonymous_ids == []  # linked, not absorbed yet
+    # Redelivered after a crash that stored the state but lost the request: a duplicate,
+    # and it asks again (before the fix the merge never happened).
+    res, *_ = run_one(step, P_USER, [identify(T0)], customers, aliases)
+    assert (res.applied, res.duplicates, res.routed) == (0, 1, [request])
+    # The anonymous id's partition hands over once, however often it is asked
+    # (an id without history of its own is handed over empty, so the user records it).
+    res, _, anon_aliases = run_one(step, P_ANON, [request[2], request[2]], topic=ROUTED)
+    assert anon_aliases == {ANON: USER}
+    [(key, partition, absorb)] = res.routed
+    assert (key, partition, routing.parse_op(absorb)[0]) == (USER, P_USER, routing.OP_ABSORB)
+    res, *_ = run_one(step, P_USER, [absorb, absorb], customers, aliases, topic=ROUTED)
+    assert customers[USER].anonymous_ids == [ANON] and customers[USER].events == 2
+    res, *_ = run_one(step, P_USER, [identify(T0 + 2, traits={"age": 32})], customers, aliases)
+    assert res.applied == 1 and res.routed == []  # absorbed: no more requests
+
+
+def test_a_redelivered_absorb_is_ignored_however_many_events_came_between() -> None:
+    step = new_step()
+    res, anon_customers, _ = run_one(step, P_ANON, [page(T0 - 60), page(T0 - 30)])
+    absorb = routing.absorb_op(USER, ANON, codec.dumps(anon_customers[ANON]))
+    res, customers, aliases = run_one(step, P_USER, [absorb], topic=ROUTED)
+    assert customers[USER].page_views == 2
+    # more of the user's own events than the dedupe window remembers message ids
+    docs = [page(T0 + i, user=USER, anon=None) for i in range(step.cfg.dedupe_window + 8)]
+    res, customers, aliases = run_one(step, P_USER, docs, customers, aliases)
+    before = codec.dumps(customers[USER])
+    res, customers, _ = run_one(step, P_USER, [absorb], customers, aliases, topic=ROUTED)
+    assert codec.dumps(customers[USER]) == before and res.written == 0
 
 
 def test_alias_links_the_previous_id() -> None:
@@ -366,6 +393,8 @@ def test_erase_deletes_the_customer_and_its_memberships() -> None:
     anon_here = pick("anon", P_USER)
     res, customers, aliases = run_one(step, P_USER, [page(T0, user=USER, anon=anon_here)])
     aliases[anon_here] = USER
+    run_one(step, P_USER, [routing.absorb_op(USER, anon_here, codec.dumps(
+        CustomerState(customer_id=anon_here)))], customers, aliases, topic=ROUTED)
     assert customers[USER].segments == {"tier": "browser"}
     res, customers, aliases = run_one(step, P_USER, [routing.erase_op(USER, "er-1")],
                                       customers, aliases, topic=ROUTED)
@@ -445,6 +474,24 @@ def test_anonymous_history_is_merged_into_the_user() -> None:
     assert cluster.changes_of(USER) == [(None, "browser"), ("browser", "buyer")]
     ids = [c.record["change_id"] for c in cluster.changes]
     assert len(ids) == len(set(ids))
+
+
+def test_erase_reaches_links_on_other_partitions_and_later_events_start_afresh() -> None:
+    cluster = Cluster()
+    identity_story(cluster)
+    assert cluster.aliases[P_ANON] == {ANON: USER}
+    cluster.produce(ROUTED, P_USER, USER.encode(), routing.erase_op(USER, "er-1"), WALL)
+    cluster.run()
+    assert cluster.state(USER) is None and cluster.aliases[P_ANON] == {}
+    exits = [c.record for c in cluster.changes if c.record["reason"] == "erased on request"]
+    assert sorted((r["customer_id"], r["segmentation"], r["segment"]) for r in exits) == [
+        (USER, "engaged", None), (USER, "tier", None)]
+    # later events: the user starts afresh, the anonymous id is on its own again
+    cluster.send(page(T0 + 7200, user=USER, anon=None))
+    cluster.send(page(T0 + 7300))
+    cluster.run()
+    user, anon = cluster.state(USER), cluster.state(ANON)
+    assert user is not None and anon is not None and user.events == anon.events == 1
 
 
 def test_merge_happens_exactly_once_when_routed_records_are_redelivered() -> None:

@@ -67,6 +67,29 @@ def test_apply_does_not_mutate_its_input(kind: str) -> None:
     assert after.seen is not before.seen and after.traits is not before.traits
 
 
+def _containers(value: Any) -> list[Any]:
+    """Every mutable container reachable from ``value``, itself included."""
+    if isinstance(value, dict):
+        return [value, *(c for v in value.values() for c in _containers(v))]
+    if isinstance(value, list):
+        return [value, *(c for v in value for c in _containers(v))]
+    return []
+
+
+def test_copy_is_deep_and_misses_no_field() -> None:
+    state = busy_state()
+    state.traits["interests"] = ["golf", "tea"]
+    state.segments = {"rfm": "champions"}
+    state.segment_aux = {"rfm": 7, "behavior": {"c": "c2", "n": 1}}
+    dup = state.copy()
+    assert dup == copy.deepcopy(state)
+    for name in FIELD_NAMES:  # a field added to CustomerState must be added to copy() too
+        assert getattr(dup, name) == getattr(state, name), name
+        shared = {id(c) for c in _containers(getattr(state, name))} & {
+            id(c) for c in _containers(getattr(dup, name))}
+        assert not shared, f"{name} shares a container with the original"
+
+
 def test_apply_many_is_pure_and_counts_applied() -> None:
     before = busy_state()
     snapshot = copy.deepcopy(before)
@@ -302,7 +325,9 @@ def test_merge_equals_living_one_history(data: st.DataObject, recs: list[Interac
     u_state = apply_many(CustomerState(customer_id="c"), user)[0]
     a_state = apply_many(None, anon)[0] or CustomerState(customer_id="anon")
     merged = merge(u_state, a_state)
-    if not anon:
+    if not anon:  # nothing to fold in; the id is still recorded as merged
+        assert merged.anonymous_ids == ["anon"]
+        merged.anonymous_ids = []
         assert merged == u_state
         return
     skip = ORDER_SENSITIVE | {"anonymous_ids"}
@@ -351,10 +376,13 @@ def test_identify_without_traits_changes_nothing() -> None:
     assert s.traits == {"age": 30} and s.traits_at == T0
 
 
-def test_anonymous_ids_are_remembered_and_capped() -> None:
-    recs = [rec(ix.PAGE_VIEW, T0 + i, anonymous_id=f"a{i}") for i in range(MAX_ANON_IDS + 2)]
-    recs.append(rec(ix.PAGE_VIEW, T0 + 99, anonymous_id="u1"))  # its own id is not an alias
-    s = fold(recs)
+def test_anonymous_ids_are_recorded_by_merges_only_and_capped() -> None:
+    # Events that carry an anonymous id do not record it: only absorbing its history does,
+    # so the list tells which histories were merged (the identity merge relies on that).
+    s = fold([rec(ix.PAGE_VIEW, T0 + i, anonymous_id=f"a{i}") for i in range(3)])
+    assert s.anonymous_ids == []
+    for i in range(MAX_ANON_IDS + 2):
+        s = merge(s, fold([rec(ix.PAGE_VIEW, T0 + 50 + i, f"m{i}", cid=f"a{i}", user=False)]))
     assert s.anonymous_ids == [f"a{i}" for i in range(2, MAX_ANON_IDS + 2)]
 
 
@@ -435,10 +463,12 @@ def test_merge_keeps_a_cart_no_order_came_after() -> None:
     assert merge(anon, ordered).cart_pending_since is None
 
 
-def test_merge_of_an_empty_history_is_a_copy() -> None:
+def test_merge_of_an_empty_history_only_records_the_id() -> None:
     user = busy_state()
     m = merge(user, CustomerState(customer_id="a1"))
-    assert m == user and m is not user
+    assert m.anonymous_ids == ["a1"] and user.anonymous_ids == [] and m is not user
+    m.anonymous_ids = []
+    assert m == user
 
 
 def test_merge_into_an_empty_state_takes_the_history() -> None:

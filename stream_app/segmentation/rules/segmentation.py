@@ -19,6 +19,7 @@ from typing import Any
 
 from ...state.customer import CustomerState
 from ..base import Decision
+from .compiled import compile_first_match, subjects
 from .definitions import SegmentationDef, load_definitions
 from .language import Predicate
 
@@ -47,6 +48,12 @@ class RuleSegmentation:
         self._ids = ids
         self._rules = tuple(_Rule(seg.id, seg.name, seg.when.compile(), ids[:i])
                             for i, seg in enumerate(definition.segments))
+        self._first_match = compile_first_match([seg.when for seg in definition.segments],
+                                                self.name)
+        # Reads nothing but profile traits (age band, country, interests ...): its segment
+        # can only move when the traits do.
+        self.traits_only = all(kind == "trait" for seg in definition.segments
+                               for kind, _ in subjects(seg.when))
 
     @property
     def version(self) -> int:
@@ -61,6 +68,28 @@ class RuleSegmentation:
                                     {"matched": matched, "not_matched": rule.tried_before}, aux)
         return self._decide(state, None, None, NO_MATCH,
                             {"matched": None, "not_matched": self._ids}, aux)
+
+    def segment_of(self, state: CustomerState, feats: Mapping[str, Any], now: float
+                   ) -> str | None:
+        """The segment :meth:`evaluate` would pick, without building the explanation."""
+        i = self._first_match(state, feats, now)
+        return self._ids[i] if i >= 0 else None
+
+    def unchanged(self, state: CustomerState, feats: Mapping[str, Any], now: float, aux: Any,
+                  traits_changed: bool = True) -> bool:
+        """True only when :meth:`evaluate` would keep the customer's segment and ``aux``.
+
+        The worker's shortcut after every applied event: it builds a :class:`Decision` only
+        when this is False. ``traits_changed=False`` is the caller's promise that the traits
+        are the ones this segmentation was last evaluated on (``aux`` says under which
+        version): then a segmentation of traits alone has nothing to look at.
+        """
+        if type(aux) is not int or aux != self._version:
+            return False  # never evaluated under these definitions: evaluate() says more
+        if self.traits_only and not traits_changed:
+            return True
+        i = self._first_match(state, feats, now)
+        return (self._ids[i] if i >= 0 else None) == state.segments.get(self.name)
 
     def _decide(self, state: CustomerState, segment: str | None, name: str | None,
                 reason: str, why: dict[str, Any], aux: Any) -> Decision:

@@ -1,0 +1,151 @@
+"""One clustering model for the whole application, however many workers.
+
+- Every worker sends feature samples (at most one per customer per day of event time) to the
+  one-partition training topic. Exactly one worker owns that partition, so exactly one
+  :class:`~stream_app.segmentation.clustering.Trainer` learns, wherever it runs.
+- The trainer publishes versioned snapshots (plain JSON) to the compacted model topic and a
+  checkpoint of itself to the trainer topic, so a trainer that moves to another worker after a
+  rebalance resumes from the last checkpoint.
+- Every worker follows the model topic with its own group-less consumer and scores with the
+  latest snapshot: the same features get the same segment on every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiokafka
+import orjson
+
+from .kafka.clients import aiokafka_config
+from .segmentation.clustering import BehaviorSegmentation, Trainer, TrainerSettings
+
+if TYPE_CHECKING:
+    from .app import Runtime
+
+log = logging.getLogger(__name__)
+MODEL_KEY = b"behavior"
+
+
+def trainer_settings(rt: Runtime) -> TrainerSettings:
+    s = rt.settings
+    return TrainerSettings(algorithm=s.cluster_model.value, clusters=s.clusters,
+                           snapshot_every=s.model_snapshot_every,
+                           snapshot_every_s=s.model_snapshot_every_s)
+
+
+async def read_last(rt: Runtime, topic: str, timeout: float = 10.0) -> bytes | None:
+    """The newest value of a one-partition topic (None when empty or missing)."""
+    consumer = aiokafka.AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
+                                         **aiokafka_config(rt.settings))
+    await consumer.start()
+    try:
+        tp = aiokafka.TopicPartition(topic, 0)
+        if topic not in await consumer.topics():
+            return None
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        last: bytes | None = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=300, max_records=1000)
+            records = batch.get(tp, [])
+            if not records:
+                break
+            last = records[-1].value
+        return last
+    finally:
+        await consumer.stop()
+
+
+def install(rt: Runtime, behavior: BehaviorSegmentation) -> None:
+    """Declare the training topic, the trainer agent and the model follower on ``rt.app``."""
+    s = rt.settings
+    app = rt.app
+    training = app.topic(s.training_topic, partitions=1, internal=True,
+                         key_serializer="raw", value_serializer="raw")
+    rt.model_topic = app.topic(s.model_topic, partitions=1, internal=True, compacting=True,
+                               key_serializer="raw", value_serializer="raw")
+    rt.trainer_checkpoints = app.topic(s.trainer_topic, partitions=1, internal=True,
+                                       compacting=True, key_serializer="raw",
+                                       value_serializer="raw")
+    rt.training_topic = training
+    state: dict[str, Any] = {"trainer": None, "generation": None}
+
+    async def current_trainer() -> Trainer:
+        generation = app.consumer_generation_id
+        if state["trainer"] is None or state["generation"] != generation:
+            # The partition may just have moved here: resume from the last checkpoint.
+            saved = await read_last(rt, s.trainer_topic)
+            state["trainer"] = (Trainer.from_json(saved) if saved
+                                else Trainer(trainer_settings(rt)))
+            state["generation"] = generation
+            log.info("trainer %s (%d samples learned)",
+                     "resumed from checkpoint" if saved else "started fresh",
+                     state["trainer"].n_learned if hasattr(state["trainer"], "n_learned") else 0)
+        return state["trainer"]  # type: ignore[no-any-return]
+
+    @app.agent(training, name="train")
+    async def train(stream: Any) -> None:
+        async for batch in stream.take(1000, within=0.5):
+            trainer = await current_trainer()
+            for value in batch:
+                trainer.learn(orjson.loads(value))
+            snapshot = trainer.maybe_snapshot(time.time())
+            if snapshot is not None:
+                await rt.model_topic.send(key=MODEL_KEY, value=orjson.dumps(snapshot),
+                                          partition=0)
+                await rt.trainer_checkpoints.send(key=MODEL_KEY, value=trainer.to_json(),
+                                                  partition=0)
+                log.info("published model version %s (%s segments)", snapshot.get("version"),
+                         len(snapshot.get("segments", [])))
+
+    @app.task
+    async def follow_model() -> None:
+        """Load every snapshot published to the model topic, newest wins."""
+        while not app.should_stop:
+            try:
+                await _follow(rt, behavior)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("model follower failed; retrying", exc_info=True)
+                await asyncio.sleep(2.0)
+
+
+async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
+    consumer = aiokafka.AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
+                                         **aiokafka_config(rt.settings))
+    await consumer.start()
+    try:
+        tp = aiokafka.TopicPartition(rt.settings.model_topic, 0)
+        while rt.settings.model_topic not in await consumer.topics():
+            await asyncio.sleep(2.0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        log.info("following model snapshots on %s", rt.settings.model_topic)
+        while not rt.app.should_stop:
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=100)
+            for record in batch.get(tp, []):
+                try:
+                    snapshot = orjson.loads(record.value)
+                except orjson.JSONDecodeError:
+                    log.warning("unreadable model snapshot at offset %d", record.offset)
+                    continue
+                if behavior.load(snapshot):
+                    rt.metrics.set_model(int(snapshot.get("version", 0)),
+                                         float(snapshot.get("created_at", time.time())))
+                    log.info("scoring with model version %s", snapshot.get("version"))
+    finally:
+        await consumer.stop()
+
+
+async def send_samples(rt: Runtime, samples: list[dict[str, Any]]) -> None:
+    topic = getattr(rt, "training_topic", None)
+    if topic is None:
+        return
+    for feats in samples:
+        await topic.send(value=orjson.dumps(feats), partition=0)

@@ -1,0 +1,77 @@
+"""Behavioural clustering end to end: one model trained from every worker's samples, shared by
+all; a customer whose behaviour shifts changes segment, steady customers do not."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from stream_app.simulate import Shift, shifts_for, simulate
+
+from .conftest import read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def publish(producer, events) -> int:
+    n = 0
+    for event in events:
+        key = (event.get("userId") or event.get("anonymousId")).encode()
+        producer.send("customer-interactions", orjson.dumps(event), key=key)
+        n += 1
+    producer.flush()
+    return n
+
+
+def test_behaviour_shift_changes_segment_and_steady_customers_stay(broker, worker_factory,
+                                                                   producer):
+    w = worker_factory(model_min_learned="300", model_snapshot_every="500").start()
+    plan = simulate(customers=300, days=60, seed=11, start=START)
+    shifters = shifts_for(plan.initial, share=0.5, day=30, source="window_shoppers",
+                          target="champions", seed=1)
+    assert shifters, "the population has window shoppers to shift"
+    sim = simulate(customers=300, days=60, seed=11, start=START, shifts=shifters)
+    events = list(sim)
+    publish(producer, events)
+
+    def modelled():
+        doc = w.get("/segments").json()
+        behavior = next(s for s in doc["segmentations"] if s["name"] == "behavior")
+        return behavior.get("version") and behavior["customers"] >= 200 and behavior
+
+    behavior = wait_for(modelled, timeout=120, what="a model and assigned customers")
+    names = [seg.get("name") for seg in behavior["segments"] if not seg.get("retired")]
+    assert all(names) and len(set(names)) == len(names), names
+    profile = behavior["segments"][0].get("profile", {})
+    assert profile, "segments carry a readable profile"
+
+    changes = [orjson.loads(r.value) for r in read_topic(broker, "segment-changes",
+                                                         expect=100, idle=3.0)]
+    beh = [c for c in changes if c["segmentation"] == "behavior"]
+    assert beh and all(c["model_version"] for c in beh)
+    # Shifted customers (window shoppers who start buying like champions on day 30) leave
+    # their segment for the champions' one.
+    shift_ids = {s.customer_id for s in shifters}
+    final = {c["customer_id"]: c["segment"] for c in beh}
+    champions = [final[cid] for cid, p in sim.ground_truth.items()
+                 if p == "champions" and cid not in shift_ids and cid in final]
+    champion_segment = max(set(champions), key=champions.count)
+    moved = []
+    for cid in sorted(shift_ids):
+        mine = [c for c in beh if c["customer_id"] == cid]
+        assert mine, f"{cid} was never assigned"
+        before = [c["segment"] for c in mine if c["occurred_at"] < "2026-03-31"]
+        moved.append(final[cid] == champion_segment and (not before or
+                                                         before[-1] != champion_segment))
+    assert sum(moved) / len(moved) >= 0.9, (sum(moved), len(moved))
+    # steady personas rarely change once assigned: < 0.1 changes per customer per day
+    steady = {cid for cid, p in sim.ground_truth.items()
+              if p == sim.initial[cid] and cid not in shift_ids}
+    later = [c for c in beh if c["customer_id"] in steady and c["previous_segment"] is not None
+             and c["occurred_at"] >= "2026-04-15"]
+    per_customer_day = len(later) / max(1, len(steady)) / 15  # the last 15 days
+    assert per_customer_day < 0.1, per_customer_day
