@@ -21,6 +21,7 @@ from faust.streams import _current_event
 
 from .config import Settings
 from .events.parse import Limits
+from .health import PROBE_INTERVAL_S, BrokerWatch
 from .kafka.clients import faust_credentials
 from .metrics import Metrics
 from .processing import (
@@ -81,6 +82,7 @@ class Runtime:
         self.broker_stalled_since: float | None = None
         # Held while a batch (or a time tick) is between reading and writing the tables.
         self.state_lock = asyncio.Lock()
+        self.broker_watch = BrokerWatch(s, self.metrics)  # /health "broker", stall metric
         self.app = app = faust.App(
             s.app_id,
             broker=s.broker_url.replace("kafka://", "segmenter-kafka://", 1).replace(
@@ -262,6 +264,14 @@ class Runtime:
         @self.app.timer(s.tick_interval_s, name="time-tick")
         async def tick() -> None:
             await self.tick()
+
+        @self.app.timer(PROBE_INTERVAL_S, name="broker-watch")
+        async def watch_broker() -> None:
+            await self.broker_watch.check()
+
+        @self.app.on_before_shutdown.connect
+        async def close_watch(app: Any, **kwargs: Any) -> None:
+            await self.broker_watch.close()
 
     def _assigned(self) -> list[int]:
         try:

@@ -12,6 +12,7 @@ own clients resume by themselves, nothing is re-done by the watch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -88,10 +89,9 @@ class BrokerWatch:
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            # closing sockets to a dead broker can fail: nothing is left to do then
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 1.0)
-            except Exception:  # closing sockets to a dead broker: nothing left to do
-                pass
 
     async def close(self) -> None:
         await self._drop_client()
