@@ -6,6 +6,7 @@ One place turns the security settings into each client library's arguments, so t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -97,10 +98,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]
         new = [NewTopic(name, partitions, settings.replication_factor, topic_configs=conf)
                for name, partitions, conf in topic_specs(settings) if name not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:  # another worker won the race
-                pass
         counts: dict[str, int] = {}
         for meta in admin.describe_topics([name for name, _, _ in topic_specs(settings)]):
             counts[meta.get("topic") or meta["name"]] = len(meta.get("partitions") or [])

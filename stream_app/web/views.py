@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
 from ..state.codec import to_json
 from ..state.features import features
+from .admin import register_admin
 
 if TYPE_CHECKING:
     from ..app import Runtime
@@ -23,6 +23,7 @@ STATIC = Path(__file__).parent / "static"
 
 def register_views(rt: Runtime) -> None:
     app = rt.app
+    register_admin(rt)
 
     @app.page("/health")
     class Health(View):
@@ -38,6 +39,7 @@ def register_views(rt: Runtime) -> None:
                     if tp.topic == rt.settings.input_topic),
                 "watermark": rt.watermark,
                 "stats": dict(rt.stats),
+                "broker": rt.broker_watch.report(),
             }
             return self.json(body, status=200 if consumer_ready else 503)
 

@@ -1,0 +1,1026 @@
+"""Throughput, latency, memory and scale-out of the worker, end to end on the embedded broker.
+
+    .venv/bin/python bench/throughput.py [--events N] [--customers C] ...    (or: segmenter bench)
+
+Every phase starts its own embedded broker (Tansu, in memory, on this machine) and real
+processes; nothing is mocked. The workload is simulated persona traffic
+(:mod:`stream_app.simulate`), serialized once, one event per Kafka message, keyed by customer.
+
+1. **baseline**: a plain aiokafka loop doing the worker's work (``bench/throughput.py --role
+   baseline``, its own process): ``getmany`` on the input and routed topics -> the same pure
+   :class:`~stream_app.processing.Step` with the same segmentations, state in a dict -> an
+   aiokafka producer sends what the worker sends (changes, routed records, dead letters,
+   training samples, and a changelog record per written customer per batch, as a Faust
+   table does) -> offsets committed every second (the worker's commit interval), after the
+   producer has flushed.
+2. **worker x1**: ``python -m stream_app worker``, the events preloaded before it starts.
+3. **worker x2**: two workers (one consumer group) on the same preloaded partitions.
+4. **latency**: a worker on empty topics; events produced at half the worker's measured
+   throughput; latency = arrival of a segment change at a consumer here minus the time its
+   input record was produced (its Kafka timestamp), for every input event that caused one.
+5. **rss**: a worker with ``SEGMENTER_STORE=rocksdb`` fed many customers (a few events
+   each); its resident memory is sampled as customers accumulate and extrapolated to 1M.
+
+Throughput ("drain") = events / (last effect - first progress): progress is the worker's
+``/health`` counter (the baseline prints the same counter), sampled every 0.1 s; "last
+effect" is when every input and routed message has been processed. "to commit" ends when the
+group's committed offsets reach the end of the input topic instead. Scale-out compares the
+rate while all workers are busy (after the group has settled) with one worker's rate
+measured the same way. CPU seconds of each process are read from /proc (psutil), so a run
+on a shared, noisy machine can be told apart from a slow one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stream_app.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+
+TARGETS = {
+    "throughput_ev_s": 50_000,  # per worker, single-event messages
+    "baseline_ratio": 0.5,  # worker / plain aiokafka loop, same run
+    "p99_latency_ms": 100.0,  # at half the max throughput
+    "store_bytes_per_customer": 1024,
+    "rss_1m_customers_bytes": 1024**3,  # rocksdb store
+    "scale_efficiency": 0.8,  # N workers >= 0.8 * N * one worker
+}
+POLL_S = 0.1
+
+
+# --- machine ------------------------------------------------------------------------------------
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import aiokafka
+    import faust
+
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "faust": faust.__version__,
+        "aiokafka": aiokafka.__version__,
+    }
+
+
+# --- workload -----------------------------------------------------------------------------------
+
+@dataclass
+class Workload:
+    records: list[tuple[bytes, bytes]]  # (key, value): one spec event per Kafka message
+    marks: list[tuple[str, int]]  # (customer id, event time in ms) of each record
+    customers: int
+
+
+def _event_ms(iso: str) -> int:
+    return round(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def make_workload(events: int, customers: int, days: float, seed: int) -> Workload:
+    """Persona traffic ending now (so no event is in the future), serialized once."""
+    from stream_app.cli.publish import event_key
+    from stream_app.simulate import simulate
+
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    records: list[tuple[bytes, bytes]] = []
+    marks: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for event in simulate(customers=customers, days=days, seed=seed, start=start):
+        key = event_key(event)
+        assert key is not None
+        records.append((key, orjson.dumps(event)))
+        marks.append((key.decode(), _event_ms(event["timestamp"])))
+        seen.add(key.decode())
+        if len(records) >= events:
+            break
+    if len(records) < events:
+        raise SystemExit(f"the simulation gave only {len(records)} events: raise --customers "
+                         "or --days")
+    return Workload(records, marks, len(seen))
+
+
+def many_customers(base: Workload, customers: int, per_customer: int) -> Workload:
+    """``customers`` distinct customers, each with the first events of a simulated one."""
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for key, value in base.records:
+        h = histories.setdefault(key.decode(), [])
+        if len(h) < per_customer:
+            h.append(orjson.loads(value))
+    templates = [h for h in histories.values() if len(h) == per_customer] or list(
+        histories.values())
+    records: list[tuple[bytes, bytes]] = []
+    for i in range(customers):
+        cid = f"rss-{i:07d}"
+        for j, event in enumerate(templates[i % len(templates)]):
+            e = {**event, "messageId": f"{cid}:{j}", "userId": cid}
+            if "anonymousId" in e:
+                e["anonymousId"] = f"{cid}-d"
+            records.append((cid.encode(), orjson.dumps(e)))
+    return Workload(records, [], customers)
+
+
+# --- broker helpers -----------------------------------------------------------------------------
+
+def settings_env(bootstrap: str, app_id: str, partitions: int, data_dir: Path,
+                 **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
+    env.update({
+        "SEGMENTER_BROKER_URL": f"kafka://{bootstrap}",
+        "SEGMENTER_APP_ID": app_id,
+        "SEGMENTER_PARTITIONS": str(partitions),
+        "SEGMENTER_DATA_DIR": str(data_dir),
+        "SEGMENTER_LOG_LEVEL": "warning",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({f"SEGMENTER_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+def load_settings_from(env: dict[str, str]) -> Any:
+    from stream_app.config import load_settings
+
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return load_settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+async def preload(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]],
+                  timestamps: bool = False) -> dict[int, int]:
+    """Produce ``records``; return each partition's end offset (from the acks, not the broker's
+    ListOffsets answer, which the embedded broker gets wrong)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1,
+                                max_batch_size=256 * 1024, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    ends: dict[int, int] = {}
+    try:
+        pending = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 20_000:
+                for meta in await asyncio.gather(*pending):
+                    ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+                pending = []
+        for meta in await asyncio.gather(*pending):
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    finally:
+        await producer.stop()
+    return ends
+
+
+def _create_internal_topics(settings: Any) -> None:
+    """What Faust would create for the worker: the tables' changelogs and the training topic."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        compact = {"cleanup.policy": "compact"}
+        wanted = [
+            NewTopic(f"{settings.app_id}-customers-changelog", settings.partitions, 1,
+                     topic_configs=compact),
+            NewTopic(f"{settings.app_id}-aliases-changelog", settings.partitions, 1,
+                     topic_configs=compact),
+            NewTopic(getattr(settings, "training_topic", f"{settings.app_id}-training"), 1, 1)]
+        existing = set(admin.list_topics())
+        admin.create_topics([t for t in wanted if t.name not in existing])
+    finally:
+        admin.close()
+
+
+async def committed(admin: Any, group: str, topic: str) -> int:
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    except Exception:
+        return 0
+    return sum(max(meta.offset, 0) for tp, meta in offsets.items() if tp.topic == topic)
+
+
+@contextlib.asynccontextmanager
+async def admin_client(bootstrap: str) -> AsyncIterator[Any]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    """A worker or the baseline loop, as a child process, with its progress counters."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    log: Path
+    port: int | None = None  # worker web port (None: the baseline, which prints progress)
+    proc: subprocess.Popen[bytes] | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    ps: psutil.Process | None = None
+
+    def start(self) -> Proc:
+        out = self.log.open("ab")
+        stdout = subprocess.PIPE if self.port is None else out
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=stdout, stderr=out,
+                                     start_new_session=True, cwd=ROOT)
+        out.close()
+        self.ps = psutil.Process(self.proc.pid)
+        return self
+
+    def cpu(self) -> float:
+        try:
+            assert self.ps is not None
+            t = self.ps.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    def rss(self) -> int:
+        try:
+            assert self.ps is not None
+            return int(self.ps.memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def tail(self, n: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+
+def worker_proc(name: str, env: dict[str, str], logdir: Path) -> Proc:
+    port = free_port()
+    env = {**env, "SEGMENTER_WEB_PORT": str(port)}
+    return Proc(name, [sys.executable, "-m", "stream_app", "worker"], env,
+                logdir / f"{name}.log", port)
+
+
+async def poll_worker(session: aiohttp.ClientSession, p: Proc) -> None:
+    t0 = time.time()
+    try:
+        async with session.get(f"http://127.0.0.1:{p.port}/health",
+                               timeout=aiohttp.ClientTimeout(total=2)) as r:
+            doc = await r.json()
+    except (TimeoutError, aiohttp.ClientError, ValueError):
+        return
+    stats = doc.get("stats", {})
+    p.progress = {"t": (t0 + time.time()) / 2, "messages": stats.get("messages", 0),
+                  "routed": stats.get("routed", 0), "applied": stats.get("applied", 0),
+                  "changes": stats.get("changes", 0), "ready": doc.get("status") == "ok",
+                  "assigned": doc.get("assigned_partitions", []),
+                  "rebalancing": doc.get("rebalancing", False)}
+
+
+async def read_progress(p: Proc) -> None:
+    """The baseline prints one JSON line of counters every POLL_S."""
+    assert p.proc is not None and p.proc.stdout is not None
+    loop = asyncio.get_running_loop()
+    stdout = p.proc.stdout
+    while True:
+        line = await loop.run_in_executor(None, stdout.readline)
+        if not line:
+            return
+        with contextlib.suppress(ValueError):
+            p.progress = {**orjson.loads(line), "ready": True}
+
+
+@dataclass
+class Sample:
+    t: float
+    messages: list[int]  # per process
+    routed: int
+    committed: int
+    cpu: list[float]  # per process, seconds
+    broker_cpu: float
+    settled: bool  # every process ready, not rebalancing, all partitions assigned
+
+
+async def watch(procs: list[Proc], broker: EmbeddedBroker, admin: Any, group: str,
+                topic: str, expected: int, partitions: int, timeout: float) -> list[Sample]:
+    """Sample progress until every message is processed and committed (or ``timeout``)."""
+    broker_ps = psutil.Process(broker.pid) if broker.pid else None
+    samples: list[Sample] = []
+    deadline = time.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.time() < deadline:
+            await asyncio.gather(*(poll_worker(session, p) for p in procs if p.port))
+            done = await committed(admin, group, topic)
+            for p in procs:
+                if not p.alive():
+                    raise RuntimeError(f"{p.name} exited:\n{p.tail()}")
+            assigned = {x for p in procs for x in p.progress.get("assigned", [])}
+            s = Sample(
+                t=time.time(),
+                messages=[int(p.progress.get("messages", 0)) for p in procs],
+                routed=sum(int(p.progress.get("routed", 0)) for p in procs),
+                committed=done,
+                cpu=[p.cpu() for p in procs],
+                broker_cpu=_cpu(broker_ps),
+                settled=all(p.progress.get("ready") and not p.progress.get("rebalancing")
+                            for p in procs) and (procs[0].port is None
+                                                 or len(assigned) == partitions),
+            )
+            # progress timestamps: the processes' own (midpoint of the /health request, or the
+            # baseline's clock when it printed the line)
+            s.t = max((float(p.progress["t"]) for p in procs if "t" in p.progress),
+                      default=s.t)
+            samples.append(s)
+            if done >= expected and sum(s.messages) >= expected + s.routed:
+                return samples
+            await asyncio.sleep(POLL_S)
+    raise TimeoutError(f"not drained in {timeout:.0f}s: {samples[-1] if samples else None}")
+
+
+def _cpu(ps: psutil.Process | None) -> float:
+    if ps is None:
+        return 0.0
+    try:
+        t = ps.cpu_times()
+        return float(t.user + t.system)
+    except psutil.Error:
+        return 0.0
+
+
+@dataclass
+class Drain:
+    system: str
+    workers: int
+    events: int
+    seconds: float  # first progress -> last effect
+    seconds_to_commit: float
+    ev_s: float
+    ev_s_to_commit: float
+    steady_ev_s: float  # while every process is busy and the group has settled
+    cpu_s: float  # processes' CPU seconds over the drain
+    broker_cpu_s: float
+    ev_per_cpu_s: float
+
+
+def analyse(system: str, samples: list[Sample], expected: int) -> Drain:
+    total = [sum(s.messages) for s in samples]
+    first = next(i for i, n in enumerate(total) if n > 0)
+    start = samples[max(first - 1, 0)].t if first else samples[0].t
+    start = (start + samples[first].t) / 2  # progress began between these two samples
+    effects = next(i for i, s in enumerate(samples) if sum(s.messages) >= expected + s.routed)
+    end = samples[effects].t
+    commit_end = samples[-1].t
+    seconds = max(end - start, 1e-6)
+    # steady rate: all processes progressing, group settled, until the first one runs dry
+    steady = _steady_rate(samples)
+    cpu = sum(samples[effects].cpu) - sum(samples[max(first - 1, 0)].cpu)
+    broker = samples[effects].broker_cpu - samples[max(first - 1, 0)].broker_cpu
+    return Drain(system, len(samples[0].messages), expected, round(seconds, 3),
+                 round(commit_end - start, 3), expected / seconds,
+                 expected / max(commit_end - start, 1e-6), steady, round(cpu, 2),
+                 round(broker, 2), expected / max(cpu, 1e-6))
+
+
+def _steady_rate(samples: list[Sample]) -> float:
+    n = len(samples[0].messages)
+    busy = []
+    for a, b in zip(samples, samples[1:], strict=False):
+        if b.settled and all(y > x for x, y in zip(a.messages, b.messages, strict=True)):
+            busy.append((a, b))
+    if not busy:
+        return 0.0
+    # the longest run of consecutive busy intervals
+    runs: list[list[tuple[Sample, Sample]]] = [[busy[0]]]
+    for prev, cur in zip(busy, busy[1:], strict=False):
+        if cur[0] is prev[1]:
+            runs[-1].append(cur)
+        else:
+            runs.append([cur])
+    run = max(runs, key=len)
+    if n == 1 and len(run) > 4:  # drop the first and last interval: partial batches
+        run = run[1:-1]
+    a, b = run[0][0], run[-1][1]
+    return (sum(b.messages) - sum(a.messages)) / max(b.t - a.t, 1e-6)
+
+
+# --- phases -------------------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    workdir: Path
+    workload: Workload
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+async def drain_phase(ctx: Context, system: str, workers: int = 1) -> Drain:
+    """Preload the workload, then start the system and time it until drained."""
+    args = ctx.args
+    tag = f"{system}{workers if system == 'worker' else ''}"
+    run_dir = ctx.workdir / tag
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(log_path=run_dir / "broker.log") as broker:
+        app_id = f"bench-{uuid.uuid4().hex[:6]}"
+        env = settings_env(broker.bootstrap, app_id, args.partitions, run_dir / "data",
+                           **dict(args.setting))
+        settings = load_settings_from(env)
+        from stream_app.kafka.clients import ensure_topics
+
+        ensure_topics(settings)
+        ends = await preload(broker.bootstrap, settings.input_topic, ctx.workload.records)
+        expected = sum(ends.values())
+        if system == "baseline":
+            group = f"{app_id}-baseline"
+            _create_internal_topics(settings)
+            procs = [Proc("baseline", [sys.executable, str(Path(__file__).resolve()),
+                                       "--role", "baseline", "--group", group],
+                          env, run_dir / "baseline.log")]
+        else:
+            group = app_id
+            procs = [worker_proc(f"worker-{i}", env, run_dir) for i in range(workers)]
+        for p in procs:
+            p.start()
+        readers = [asyncio.create_task(read_progress(p)) for p in procs if p.port is None]
+        try:
+            async with admin_client(broker.bootstrap) as admin:
+                samples = await watch(procs, broker, admin, group, settings.input_topic,
+                                      expected, args.partitions, timeout=args.timeout)
+            result = analyse(tag, samples, expected)
+            if system == "worker" and workers == 1:
+                ctx.results["store"] = await store_sizes(broker.bootstrap, app_id)
+            if system == "baseline":
+                ctx.results["baseline_store"] = procs[0].progress.get("store")
+        finally:
+            for p in procs:
+                p.stop()
+            for task in readers:
+                task.cancel()
+    print(f"  {tag:10s} {result.ev_s:9,.0f} ev/s drained in {result.seconds:6.2f}s "
+          f"(to commit {result.ev_s_to_commit:,.0f} ev/s; steady {result.steady_ev_s:,.0f}; "
+          f"{result.ev_per_cpu_s:,.0f} ev per CPU-s)", flush=True)
+    return result
+
+
+async def store_sizes(bootstrap: str, app_id: str) -> dict[str, Any]:
+    """Sizes of the customers' encoded states as the store holds them: the last value of
+    each key of the table's changelog."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = f"{app_id}-customers-changelog"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    sizes: dict[bytes, int] = {}
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=50_000)
+            if not batch:
+                break
+            for records in batch.values():
+                for r in records:
+                    if r.value:
+                        sizes[r.key] = len(r.value)
+                    else:
+                        sizes.pop(r.key, None)
+    finally:
+        await consumer.stop()
+    return _size_summary(list(sizes.values()))
+
+
+def _size_summary(values: list[int]) -> dict[str, Any]:
+    if not values:
+        return {"customers": 0}
+    values.sort()
+    return {"customers": len(values), "mean": round(statistics.fmean(values)),
+            "p50": values[len(values) // 2], "p99": values[min(len(values) - 1,
+                                                               int(len(values) * 0.99))],
+            "max": values[-1]}
+
+
+async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
+    """Produce at ``rate`` into a running worker; time input record -> segment change."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    args = ctx.args
+    run_dir = ctx.workdir / "latency"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records, marks = ctx.workload.records, ctx.workload.marks
+    with EmbeddedBroker(log_path=run_dir / "broker.log") as broker:
+        env = settings_env(broker.bootstrap, f"bench-{uuid.uuid4().hex[:6]}", args.partitions,
+                           run_dir / "data", **dict(args.setting))
+        settings = load_settings_from(env)
+        from stream_app.kafka.clients import ensure_topics
+
+        ensure_topics(settings)
+        worker = worker_proc("worker", env, run_dir).start()
+        try:
+            await _wait_ready(worker)
+            consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None,
+                                        enable_auto_commit=False, fetch_max_wait_ms=20)
+            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1,
+                                        acks=1)
+            await consumer.start()
+            await producer.start()
+            sent: dict[tuple[str, int], float] = {}
+            arrivals: dict[tuple[str, int], tuple[float, float]] = {}
+            try:
+                tps = [TopicPartition(settings.changes_topic, p)
+                       for p in range(args.partitions)]
+                consumer.assign(tps)
+                await consumer.seek_to_beginning(*tps)
+                stop = asyncio.Event()
+
+                async def consume() -> None:
+                    while not stop.is_set():
+                        batch = await consumer.getmany(timeout_ms=50)
+                        now = time.time()
+                        for recs in batch.values():
+                            for r in recs:
+                                doc = orjson.loads(r.value)
+                                key = (doc["customer_id"], _event_ms(doc["occurred_at"]))
+                                if key not in arrivals:
+                                    arrivals[key] = (now, r.timestamp / 1000.0)
+
+                reader = asyncio.create_task(consume())
+                duration = args.latency_seconds
+                n = min(len(records), int(rate * duration))
+                started = time.time()
+                tick = 0.005
+                i = 0
+                while i < n:
+                    due = started + i / rate
+                    delay = due - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(min(delay, tick))
+                        continue
+                    # everything due by now, timestamped with the moment it is handed over
+                    burst_end = min(n, int((time.time() - started) * rate) + 1)
+                    for j in range(i, burst_end):
+                        now = time.time()
+                        key, value = records[j]
+                        await producer.send(settings.input_topic, value, key=key,
+                                            timestamp_ms=int(now * 1000))
+                        sent.setdefault(marks[j], now)
+                    i = burst_end
+                await producer.flush()
+                await asyncio.sleep(3.0)  # trailing changes
+                stop.set()
+                await reader
+                cpu = worker.cpu()
+            finally:
+                await producer.stop()
+                await consumer.stop()
+        finally:
+            worker.stop()
+    warm = started + min(3.0, duration / 4)
+    lat_arrival = sorted((arrivals[k][0] - t) * 1000 for k, t in sent.items()
+                         if k in arrivals and t >= warm)
+    lat_record = sorted((arrivals[k][1] - t) * 1000 for k, t in sent.items()
+                        if k in arrivals and t >= warm)
+    out = {"rate_ev_s": round(rate), "events": n, "seconds": duration,
+           "with_change": len(lat_arrival), "worker_cpu_s": round(cpu, 1),
+           "arrival_ms": _percentiles(lat_arrival), "record_ts_ms": _percentiles(lat_record)}
+    p = out["arrival_ms"]
+    print(f"  latency at {rate:,.0f} ev/s: p50 {p.get('p50', 0):.1f} ms, p99 "
+          f"{p.get('p99', 0):.1f} ms, max {p.get('max', 0):.1f} ms ({len(lat_arrival)} events "
+          "with a change)", flush=True)
+    return out
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+
+    def q(f: float) -> float:
+        return round(values[min(len(values) - 1, int(f * len(values)))], 1)
+
+    return {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": round(values[-1], 1)}
+
+
+async def _wait_ready(p: Proc, timeout: float = 90.0) -> None:
+    deadline = time.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.time() < deadline:
+            if not p.alive():
+                raise RuntimeError(f"{p.name} exited:\n{p.tail()}")
+            await poll_worker(session, p)
+            if p.progress.get("ready"):
+                return
+            await asyncio.sleep(0.3)
+    raise TimeoutError(f"{p.name} not ready in {timeout:.0f}s:\n{p.tail()}")
+
+
+async def rss_phase(ctx: Context) -> dict[str, Any]:
+    """Worker RSS with the rocksdb store as customers accumulate; a straight-line fit of RSS
+    against customers stored, extrapolated to 1M."""
+    args = ctx.args
+    wl = many_customers(ctx.workload, args.rss_customers, args.rss_events_per_customer)
+    run_dir = ctx.workdir / "rss"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(log_path=run_dir / "broker.log") as broker:
+        env = settings_env(broker.bootstrap, f"bench-{uuid.uuid4().hex[:6]}", args.partitions,
+                           run_dir / "data", STORE="rocksdb", **dict(args.setting))
+        settings = load_settings_from(env)
+        from stream_app.kafka.clients import ensure_topics
+
+        ensure_topics(settings)
+        worker = worker_proc("worker", env, run_dir).start()
+        try:
+            await _wait_ready(worker)
+            idle_rss = worker.rss()
+            ends = await preload(broker.bootstrap, settings.input_topic, wl.records)
+            expected = sum(ends.values())
+            points: list[tuple[int, int]] = []  # (customers stored, rss)
+            peak = idle_rss
+            deadline = time.time() + args.timeout
+            async with aiohttp.ClientSession() as session:
+                while time.time() < deadline:
+                    await poll_worker(session, worker)
+                    if not worker.alive():
+                        raise RuntimeError(f"worker exited:\n{worker.tail()}")
+                    applied = int(worker.progress.get("applied", 0))
+                    rss = worker.rss()
+                    peak = max(peak, rss)
+                    points.append((applied // args.rss_events_per_customer, rss))
+                    if int(worker.progress.get("messages", 0)) >= expected + int(
+                            worker.progress.get("routed", 0)):
+                        break
+                    await asyncio.sleep(0.25)
+            await asyncio.sleep(1.0)
+            final = worker.rss()
+            disk = sum(f.stat().st_size for f in (run_dir / "data").rglob("*") if f.is_file())
+        finally:
+            worker.stop()
+    # fit over the second half (the first includes start-up growth of caches and buffers)
+    pts = [(c, r) for c, r in points if c >= args.rss_customers // 2] or points
+    slope = _slope(pts)
+    customers = args.rss_customers
+    out = {"customers": customers, "events": len(wl.records), "idle_rss_mib": _mib(idle_rss),
+           "final_rss_mib": _mib(final), "peak_rss_mib": _mib(peak),
+           "bytes_per_customer_slope": round(slope),
+           "extrapolated_1m_mib": _mib(final + slope * (1_000_000 - customers)),
+           "disk_mib": _mib(disk)}
+    print(f"  rocksdb: {customers:,} customers -> RSS {out['final_rss_mib']} MiB (peak "
+          f"{out['peak_rss_mib']}), +{slope:,.0f} B per customer -> 1M: "
+          f"{out['extrapolated_1m_mib']} MiB", flush=True)
+    return out
+
+
+def _slope(points: list[tuple[int, int]]) -> float:
+    if len(points) < 2:
+        return 0.0
+    xs = [float(c) for c, _ in points]
+    ys = [float(r) for _, r in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+
+
+def _mib(n: float) -> float:
+    return round(n / 1024**2, 1)
+
+
+# --- the baseline loop (child process) ----------------------------------------------------------
+
+class _Recording(dict):  # type: ignore[type-arg]
+    """A dict that remembers which keys were written or deleted (the changelog to send)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.written.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.written.add(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.written.add(key)
+        return super().pop(key, *default)
+
+
+async def baseline_loop(group: str) -> None:
+    """consume -> Step (dict state) -> produce -> commit, as plainly as aiokafka allows."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from stream_app.config import load_settings
+    from stream_app.events.parse import Limits
+    from stream_app.kafka.clients import aiokafka_config
+    from stream_app.processing import Message, Step, change_bytes, dead_letter_headers
+    from stream_app.segmentation.registry import build_segmentations
+    from stream_app.state import codec
+    from stream_app.state.customer import StateConfig
+
+    s = load_settings()
+    segmentations = build_segmentations(s)
+    step = Step(input_topic=s.input_topic, routed_topic=s.routed_topic, partitions=s.partitions,
+                segmentations=segmentations,
+                limits=Limits(s.max_message_bytes, s.max_batch_events, s.max_future_skew_s),
+                state_config=StateConfig(session_gap_s=s.session_gap_s,
+                                         half_life_days=s.recent_half_life_days,
+                                         cart_abandon_after_s=s.cart_abandon_after_s,
+                                         dedupe_window=s.dedupe_window),
+                **({"sample_every_s": 86400.0}
+                   if any(seg.name == "behavior" for seg in segmentations) else {}))
+    conf = aiokafka_config(s)
+    consumer = AIOKafkaConsumer(s.input_topic, s.routed_topic, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=1024**2, **conf)
+    producer = AIOKafkaProducer(acks="all", linger_ms=5, max_batch_size=16384, **conf)
+    await consumer.start()
+    await producer.start()
+    customers: dict[int, _Recording] = {}
+    aliases: dict[int, _Recording] = {}
+    cl_customers, cl_aliases = f"{s.app_id}-customers-changelog", f"{s.app_id}-aliases-changelog"
+    stats = {"messages": 0, "routed": 0, "applied": 0, "changes": 0}
+    positions: dict[Any, int] = {}
+    last_commit = last_print = time.time()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+
+    def report() -> None:
+        sizes = [len(codec.dumps(st)) for table in customers.values() for st in table.values()]
+        print(orjson.dumps({"t": time.time(), **stats, "store": _size_summary(sizes)
+                            if stop.is_set() else None}).decode(), flush=True)
+
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100, max_records=s.batch_size)
+            wall = time.time()
+            for tp, records in batch.items():
+                p = tp.partition
+                msgs = [Message(r.topic, p, r.offset, r.key, r.value, r.timestamp / 1000.0)
+                        for r in records]
+                table = customers.setdefault(p, _Recording())
+                links = aliases.setdefault(p, _Recording())
+                result = step.run(p, msgs, table, links, wall)
+                for key in table.written:
+                    st = table.get(key)
+                    await producer.send(cl_customers, codec.dumps(st) if st else None,
+                                        key=key.encode(), partition=p)
+                for key in links.written:
+                    user = links.get(key)
+                    await producer.send(cl_aliases, user.encode() if user else None,
+                                        key=key.encode(), partition=p)
+                table.written.clear()
+                links.written.clear()
+                for key, part, value in result.routed:
+                    await producer.send(s.routed_topic, value, key=key.encode(), partition=part)
+                for msg, rej in result.dead_letters:
+                    await producer.send(s.dlq_topic, rej.payload, key=msg.key,
+                                        headers=dead_letter_headers(msg, rej, wall))
+                for change in result.changes:
+                    await producer.send(s.changes_topic, change_bytes(change),
+                                        key=change.customer_id.encode())
+                for feats in getattr(result, "samples", ()):
+                    await producer.send(s.training_topic, orjson.dumps(feats), partition=0)
+                positions[TopicPartition(tp.topic, p)] = records[-1].offset + 1
+                stats["messages"] += len(records)
+                stats["routed"] += len(result.routed)
+                stats["applied"] += result.applied
+                stats["changes"] += len(result.changes)
+            now = time.time()
+            if positions and now - last_commit >= 1.0:  # Faust's broker_commit_interval
+                await producer.flush()  # effects first, then the offsets
+                await consumer.commit({tp: OffsetAndMetadata(off, "")
+                                       for tp, off in positions.items()})
+                positions.clear()
+                last_commit = now
+            if now - last_print >= POLL_S:
+                report()
+                last_print = now
+    finally:
+        report()
+        await producer.stop()
+        await consumer.stop()
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, required, met) for each target that was measured."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    w1, base = r.get("worker1"), r.get("baseline")
+    if w1:
+        out.append(("throughput, one worker, single-event messages",
+                    f"{w1['ev_s']:,.0f} ev/s", f">= {TARGETS['throughput_ev_s']:,} ev/s",
+                    w1["ev_s"] >= TARGETS["throughput_ev_s"]))
+    if w1 and base:
+        ratio = w1["ev_s"] / base["ev_s"]
+        out.append(("worker / plain aiokafka loop (same run)", f"{ratio:.2f}",
+                    f">= {TARGETS['baseline_ratio']}", ratio >= TARGETS["baseline_ratio"]))
+    lat = r.get("latency")
+    if lat and lat["arrival_ms"]:
+        p99 = lat["arrival_ms"]["p99"]
+        out.append((f"p99 latency at {lat['rate_ev_s']:,} ev/s", f"{p99:.0f} ms",
+                    f"<= {TARGETS['p99_latency_ms']:.0f} ms", p99 <= TARGETS["p99_latency_ms"]))
+    store = r.get("store")
+    if store and store.get("customers"):
+        out.append(("state per customer in the store (mean / max)",
+                    f"{store['mean']} / {store['max']} B",
+                    f"<= {TARGETS['store_bytes_per_customer']} B",
+                    store["max"] <= TARGETS["store_bytes_per_customer"]))
+    rss = r.get("rss")
+    if rss:
+        est = rss["extrapolated_1m_mib"] * 1024**2
+        out.append((f"rocksdb RSS at 1M customers (measured at {rss['customers']:,})",
+                    f"{rss['extrapolated_1m_mib']:,} MiB (extrapolated)", "<= 1024 MiB",
+                    est <= TARGETS["rss_1m_customers_bytes"]))
+    w2 = r.get("worker2")
+    if w1 and w2 and w1["steady_ev_s"]:
+        eff = w2["steady_ev_s"] / (2 * w1["steady_ev_s"])
+        out.append(("scale-out: 2 workers vs 2 x one worker (steady rates)", f"{eff:.2f}",
+                    f">= {TARGETS['scale_efficiency']}", eff >= TARGETS["scale_efficiency"]))
+    return out
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [f"Measured {m['date']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
+             f"load average at start {m['load_avg_at_start']}; Python {m['python']}, "
+             f"faust {m['faust']}, aiokafka {m['aiokafka']}; broker: embedded Tansu on the "
+             "same machine.", "",
+             f"Workload: {r['workload']['events']:,} single-event messages from "
+             f"{r['workload']['customers']:,} simulated customers, {r['args']['partitions']} "
+             f"partitions; settings {r['args']['setting'] or 'default'}.", "",
+             "| system | drained in | ev/s (to last effect) | ev/s (to commit) | steady ev/s "
+             "| process CPU s | broker CPU s | ev per CPU-s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key in ("baseline", "worker1", "worker2"):
+        d = r.get(key)
+        if d:
+            lines.append(f"| {d['system']} | {d['seconds']:.2f} s | {d['ev_s']:,.0f} | "
+                         f"{d['ev_s_to_commit']:,.0f} | {d['steady_ev_s']:,.0f} | {d['cpu_s']} | "
+                         f"{d['broker_cpu_s']} | {d['ev_per_cpu_s']:,.0f} |")
+    lat = r.get("latency")
+    if lat:
+        a, b = lat["arrival_ms"], lat["record_ts_ms"]
+        lines += ["", f"Latency at {lat['rate_ev_s']:,} ev/s for {lat['seconds']} s "
+                  f"({lat['with_change']:,} input events with a segment change):", "",
+                  "| input produced -> | p50 | p90 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |",
+                  f"| change arrives at a consumer | {a.get('p50')} ms | {a.get('p90')} ms | "
+                  f"{a.get('p99')} ms | {a.get('max')} ms |",
+                  f"| change record timestamp | {b.get('p50')} ms | {b.get('p90')} ms | "
+                  f"{b.get('p99')} ms | {b.get('max')} ms |"]
+    store = r.get("store")
+    if store and store.get("customers"):
+        lines += ["", f"State in the store (customers changelog, last value per key, "
+                  f"{store['customers']:,} customers): mean {store['mean']} B, p50 "
+                  f"{store['p50']} B, p99 {store['p99']} B, max {store['max']} B."]
+    rss = r.get("rss")
+    if rss:
+        lines += ["", f"RocksDB store: {rss['customers']:,} customers ({rss['events']:,} events):"
+                  f" worker RSS {rss['idle_rss_mib']} MiB idle -> {rss['final_rss_mib']} MiB "
+                  f"(peak {rss['peak_rss_mib']} MiB), {rss['bytes_per_customer_slope']:,} B "
+                  f"per additional customer -> {rss['extrapolated_1m_mib']:,} MiB at 1M "
+                  f"(straight-line extrapolation); {rss['disk_mib']} MiB on disk."]
+    lines += ["", "| target | measured | required | met |", "| --- | --- | --- | --- |"]
+    for name, got, need, ok in verdicts(r):
+        lines.append(f"| {name} | {got} | {need} | {'yes' if ok else 'no'} |")
+    return "\n".join(lines)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000, help="events preloaded per drain")
+    ap.add_argument("--customers", type=int, default=10_000, help="simulated customers")
+    ap.add_argument("--days", type=float, default=60.0, help="days of simulated history")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--phases", default="baseline,worker1,worker2,latency,rss",
+                    help="comma-separated subset of baseline,worker1,worker2,latency,rss")
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--latency-rate", type=float, default=0.0,
+                    help="events/s for the latency phase (default: half worker1's throughput)")
+    ap.add_argument("--rss-customers", type=int, default=100_000)
+    ap.add_argument("--rss-events-per-customer", type=int, default=3)
+    ap.add_argument("--set", dest="setting", action="append", default=[],
+                    type=lambda kv: tuple(kv.split("=", 1)),
+                    help="worker setting for every phase, e.g. --set batch_size=4000 "
+                         "(SEGMENTER_BATCH_SIZE)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="per phase, seconds")
+    ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument("--markdown", type=Path, help="write the tables here")
+    ap.add_argument("--role", default="driver", help=argparse.SUPPRESS)
+    ap.add_argument("--group", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    results: dict[str, Any] = {"machine": machine(), "args": {
+        k: v for k, v in vars(args).items() if k not in ("json", "markdown", "role", "group")}}
+    results["args"]["setting"] = dict(args.setting)
+    print(f"segmenter bench: {results['machine']['date']}, {results['machine']['cores']} cores "
+          f"({results['machine']['cpu']}), load {results['machine']['load_avg_at_start']}",
+          flush=True)
+    t = time.perf_counter()
+    wl = make_workload(args.events, args.customers, args.days, args.seed)
+    print(f"  workload: {len(wl.records):,} events, {wl.customers:,} customers "
+          f"({time.perf_counter() - t:.1f}s to simulate)", flush=True)
+    results["workload"] = {"events": len(wl.records), "customers": wl.customers}
+    workdir = Path(tempfile.mkdtemp(prefix="segmenter-bench-"))
+    ctx = Context(args, workdir, wl, results)
+    try:
+        if "baseline" in phases:
+            results["baseline"] = asdict(await drain_phase(ctx, "baseline"))
+        if "worker1" in phases:
+            results["worker1"] = asdict(await drain_phase(ctx, "worker", 1))
+        if "worker2" in phases:
+            results["worker2"] = asdict(await drain_phase(ctx, "worker", 2))
+        if "latency" in phases:
+            rate = args.latency_rate or (results["worker1"]["ev_s"] / 2
+                                         if "worker1" in results else 0)
+            if not rate:
+                raise SystemExit("--latency-rate is needed without the worker1 phase")
+            results["latency"] = await latency_phase(ctx, rate)
+        if "rss" in phases:
+            results["rss"] = await rss_phase(ctx)
+    except BaseException:
+        print(f"  (logs kept in {workdir})", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.role == "baseline":
+        asyncio.run(baseline_loop(args.group))
+        return 0
+    results = asyncio.run(run(args))
+    table = markdown(results)
+    print("\n" + table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
