@@ -225,16 +225,17 @@ class _Batch:
         if rec.kind == ix.ALIAS and rec.previous_id:
             rec.anonymous_id = rec.previous_id  # alias links previousId to userId
         cid = rec.customer_id
-        if rec.user_id is None:
-            if not self._owned(cid):
-                self._route(cid, routing.event_op(rec))
-                return
-            user = self.aliases.get(cid)
-            if user is not None:
-                rec.customer_id = cid = user
         if not self._owned(cid):
             self._route(cid, routing.event_op(rec))
             return
+        # An id merged into another customer (an anonymous id, or a user id renamed by an
+        # alias call) forwards its later events to that customer.
+        user = self.aliases.get(cid)
+        if user is not None and user != cid:
+            rec.customer_id = cid = user
+            if not self._owned(cid):
+                self._route(cid, routing.event_op(rec))
+                return
         self._apply(rec, ingest_ts)
 
     def _apply(self, rec: Interaction, ingest_ts: float) -> None:

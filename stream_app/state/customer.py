@@ -250,10 +250,14 @@ def _remember_anon(s: CustomerState, anon: str) -> None:
 
 
 def _bump(counts: dict[str, Any], key: str, by: float, cap: int) -> None:
-    counts[key] = counts.get(key, 0) + by
-    if len(counts) > cap:
-        weakest = min(counts, key=lambda k: (counts[k], k))
-        del counts[weakest]
+    """Space-Saving top-k (Metwally et al.): a new key when full takes the weakest key's
+    place *and count*, so a rising interest can enter (evicting the newcomer instead would
+    freeze the top list once it is full). Counts over-estimate by at most the evicted count."""
+    if key in counts or len(counts) < cap:
+        counts[key] = counts.get(key, 0) + by
+        return
+    weakest = min(counts, key=lambda k: (counts[k], k))
+    counts[key] = counts.pop(weakest) + by
 
 
 def _decay_factor(dt: float, cfg: StateConfig) -> float:

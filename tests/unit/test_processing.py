@@ -373,6 +373,26 @@ def test_alias_links_the_previous_id() -> None:
     assert customers[USER].sessions == 0
 
 
+def test_alias_of_one_user_id_to_another_merges_and_forwards_later_events() -> None:
+    """Segment's alias call renames a user (previousId: the old user id): the old id's
+    history moves to the new one, and events still sent under the old id follow it."""
+    old = pick("olduser", 1)
+    cluster = Cluster()
+    cluster.send(track("Order Completed", T0, user=old, total=40, mid="o-old"))
+    cluster.send(page(T0 + 60, user=old, anon=None))
+    cluster.run()
+    cluster.send({"type": "alias", "userId": USER, "previousId": old, "messageId": "al-2",
+                  "timestamp": iso(T0 + 120)})
+    cluster.run()
+    cluster.send(page(T0 + 180, user=old, anon=None))
+    cluster.run()
+    assert cluster.state(old) is None
+    user = cluster.state(USER)
+    assert user is not None and old in user.anonymous_ids
+    assert (user.orders, user.revenue, user.page_views) == (1, 40.0, 2)
+    assert cluster.dead_letters == []
+
+
 @pytest.mark.parametrize("value", [
     None, b"", b"garbage", b'["merge", "a"]', b'["ev", [1, 2]]', b'["ev", "x"]',
     routing.absorb_op(USER, ANON, b'[99, "not a state"]'),

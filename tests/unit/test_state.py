@@ -413,7 +413,19 @@ def test_channel_and_category_affinities() -> None:
 def test_categories_are_capped() -> None:
     s = fold([rec(ix.PAGE_VIEW, T0 + i, categories=(f"c{i}",)) for i in range(MAX_CATEGORIES)]
              + [rec(ix.ORDER, T0 + 50, categories=("new",), amount=1.0)])
-    assert len(s.categories) == MAX_CATEGORIES and s.categories["new"] == 3.0
+    assert len(s.categories) == MAX_CATEGORIES and s.categories["new"] == 4.0  # 1 + 3
+    assert "c0" not in s.categories  # the weakest (ties: by name) made room
+
+
+def test_a_new_interest_enters_a_full_top_list() -> None:
+    """Eight long-held interests seen twice each; then the customer turns to a new one. With
+    Space-Saving the newcomer enters and, seen repeatedly, rises to the top."""
+    old = [rec(ix.PAGE_VIEW, T0 + i, categories=(f"c{i % MAX_CATEGORIES}",))
+           for i in range(2 * MAX_CATEGORIES)]
+    s = fold(old + [rec(ix.PRODUCT_VIEW, T0 + 100 + i, categories=("garden",))
+                    for i in range(3)])
+    assert len(s.categories) == MAX_CATEGORIES
+    assert max(s.categories, key=s.categories.__getitem__) == "garden"
 
 
 # --- merge --------------------------------------------------------------------------------------
