@@ -47,8 +47,11 @@ class EmbeddedBroker:
     port: int = 0
     host: str = "127.0.0.1"
     log_path: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
+    # Address advertised to clients in metadata (default: the listener's). A TLS-terminating
+    # proxy in front of the broker advertises itself here, so clients only ever connect to
+    # it. (Tansu 0.6 has ``--cert``/``--key`` options, but refuses them together and speaks
+    # plain TCP with either alone: it cannot serve TLS itself.)
+    advertised: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -67,10 +70,9 @@ class EmbeddedBroker:
         if self.port == 0:
             self.port = free_port(self.host)
         address = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else address
         cmd = [broker_binary(), "broker", "--listener-url", address,
-               "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"]
-        if self.cert and self.key:
-            cmd += ["--cert", str(self.cert), "--key", str(self.key)]
+               "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
