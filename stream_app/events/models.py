@@ -21,9 +21,12 @@ from pydantic import (
     model_validator,
 )
 
-Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+# pattern: not only whitespace (stripped, it would be empty); says so in the JSON Schema too
+Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256,
+                                     pattern=r"\S")]
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
-Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
+                                        pattern=r"\S")]
 
 MAX_AMOUNT = 1e9
 
@@ -166,7 +169,8 @@ class _Event(_Open):
 
 class Track(_Event):
     type: Literal["track"]
-    event: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    event: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                            pattern=r"\S")]
     properties: Properties = Field(default_factory=Properties)
 
 
