@@ -227,23 +227,35 @@ def _create_internal_topics(settings: Any) -> None:
 
 
 async def committed(admin: Any, group: str, topic: str) -> int:
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    except Exception:
-        return 0
-    return sum(max(meta.offset, 0) for tp, meta in offsets.items() if tp.topic == topic)
+    """Sum of the group's committed offsets on ``topic`` (0 while the group is not there).
+
+    kafka-python's admin client, in a thread: aiokafka's cannot read the embedded broker's
+    OffsetFetch answer (it fails to decode and retries forever).
+    """
+    def fetch() -> int:
+        try:
+            if hasattr(admin, "list_group_offsets"):  # kafka-python 3.x
+                offsets = admin.list_group_offsets(group).get(group, {})
+            else:  # kafka-python 2.x
+                offsets = admin.list_consumer_group_offsets(group)
+        except Exception:  # rebalancing, coordinator busy: not yet
+            return 0
+        return sum(max(meta.offset, 0) for tp, meta in offsets.items() if tp.topic == topic)
+
+    return await asyncio.get_running_loop().run_in_executor(None, fetch)
 
 
 @contextlib.asynccontextmanager
 async def admin_client(bootstrap: str) -> AsyncIterator[Any]:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from kafka.admin import KafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    loop = asyncio.get_running_loop()
+    admin = await loop.run_in_executor(None, lambda: KafkaAdminClient(
+        bootstrap_servers=bootstrap))
     try:
         yield admin
     finally:
-        await admin.close()
+        await loop.run_in_executor(None, admin.close)
 
 
 # --- processes ----------------------------------------------------------------------------------

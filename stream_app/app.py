@@ -22,6 +22,7 @@ from faust.streams import _current_event
 from .config import Settings
 from .events.parse import Limits
 from .health import PROBE_INTERVAL_S, BrokerWatch
+from .kafka.batching import BatchSink, OutputBatcher
 from .kafka.clients import faust_credentials
 from .metrics import Metrics
 from .processing import (
@@ -150,39 +151,53 @@ class Runtime:
 
     # --- processing ----------------------------------------------------------------------------
     def _declare_agents(self) -> None:
+        """The input and routed topics are consumed in batches (:mod:`.kafka.batching`):
+        the consumer appends fetched messages to the sink, one task hands each batch (what
+        arrived while the previous one was processed, at most ``batch_size``) to
+        :meth:`handle_messages`, then acks it; Faust commits acked offsets."""
         s = self.settings
-        source = self.app.topic(s.input_topic, s.routed_topic, key_serializer="raw",
-                                value_serializer="raw")
+        # Registered with Faust's conductor like an agent's channel: subscribed, co-partitioned
+        # with the tables by the assignor, acks enabled.
+        self.source = self.app.topic(s.input_topic, s.routed_topic, key_serializer="raw",
+                                     value_serializer="raw")
+        self.app.topics.add(self.source)
+        sink = self.app.batch_sink = BatchSink(
+            self.app, (s.input_topic, s.routed_topic), self.handle_messages,
+            max_batch=s.batch_size, max_buffered=max(4096, s.batch_size * 2))
 
-        @self.app.agent(source, name="process")
-        async def process(stream: faust.StreamT) -> None:
-            async for events in stream.take_events(s.batch_size, within=s.batch_within):
-                await self.handle(events)
+        @self.app.task
+        async def process() -> None:
+            await sink.run()
 
     async def handle(self, events: list[Any]) -> None:
         """Process one batch of Faust events (any mix of partitions and topics)."""
+        await self.handle_messages([ev.message for ev in events])
+
+    async def handle_messages(self, batch: list[Any]) -> None:
+        """Process one batch of Kafka messages (any mix of partitions and topics)."""
         started = time.perf_counter()
         groups: dict[int, list[Message]] = defaultdict(list)
-        for ev in events:
-            m = ev.message
+        for m in batch:
             groups[m.partition].append(
                 Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
         wall = time.time()
         held: list[tuple[int, HeldWrites, HeldWrites]] = []
         async with self.state_lock:
+            out = self._outputs()
             for partition, messages in groups.items():
                 customers, aliases = HeldWrites(self.customers), HeldWrites(self.aliases)
                 result = self.step.run(partition, messages, customers, aliases, wall)
-                await self._send(result, wall, partition)
+                await self._send(result, wall, partition, out)
                 held.append((partition, customers, aliases))
                 self.stats["messages"] += len(messages)
+            await out.send(self._aiokafka_producer())
             # Outputs first, state second (see HeldWrites): a crash cannot lose a change.
             await self.app.producer.flush()
             for partition, customers, aliases in held:
                 with self.partition_context(partition):
                     customers.apply()
                     aliases.apply()
-        self.metrics.observe_batch(len(events), time.perf_counter() - started)
+        self.metrics.observe_batch(len(batch), time.perf_counter() - started)
 
     @contextmanager
     def partition_context(self, partition: int) -> Iterator[None]:
@@ -193,15 +208,29 @@ class Runtime:
         finally:
             _current_event.reset(token)
 
-    async def _send(self, result: StepResult, wall: float, partition: int) -> None:
-        routed, dlq, changes = self.routed_topic, self.dlq_topic, self.changes_topic
-        for key, partition, value in result.routed:
-            await routed.send(key=key.encode(), value=value, partition=partition)
+    def _outputs(self) -> OutputBatcher:
+        return OutputBatcher()
+
+    def _aiokafka_producer(self) -> Any:
+        return self.app.producer._ensure_producer()
+
+    async def _send(self, result: StepResult, wall: float, partition: int,
+                    out: OutputBatcher | None = None) -> None:
+        """Queue the step's outputs: routed records and segment changes on ``out`` (sent
+        by the caller, one record batch per partition), dead letters and samples directly.
+        Without ``out`` everything is sent here."""
+        s = self.settings
+        batched = out if out is not None else self._outputs()
+        for key, part, value in result.routed:
+            batched.add(s.routed_topic, key.encode(), value, part)
+        for change in result.changes:
+            batched.add(s.changes_topic, change.customer_id.encode(), change_bytes(change))
+        if out is None:
+            await batched.send(self._aiokafka_producer())
+        dlq = self.dlq_topic
         for msg, rej in result.dead_letters:
             await dlq.send(key=msg.key, value=rej.payload,
                            headers=dead_letter_headers(msg, rej, wall))
-        for change in result.changes:
-            await changes.send(key=change.customer_id.encode(), value=change_bytes(change))
         if result.samples:
             from .modeling import send_samples
 

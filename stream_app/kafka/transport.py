@@ -10,6 +10,9 @@ read each partition until the fetch comes back empty, and take last offset seen 
 correct broker this finds nothing beyond the reported end and changes nothing. The probe runs
 only when Faust asks for highwaters (recovery, start-up), never on the per-message path.
 
+The consumer also delivers the worker's input topics in batches (:mod:`.batching`): Faust's
+own per-message delivery costs more than the whole processing of an event.
+
 Registered as the ``segmenter-kafka`` transport (entry point ``faust.transports``).
 """
 
@@ -22,8 +25,11 @@ from typing import Any, cast
 
 import aiokafka
 from aiokafka.structs import TopicPartition
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from .batching import BatchSink
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,68 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
+        """Faust's drain loop, with the messages of a :class:`.batching.BatchSink` handed
+        over synchronously.
+
+        Faust awaits ``wait_first(callback(message), suspend_flow.wait())`` for every
+        message: two tasks and several event-loop turns each. For the sink's topics this
+        appends the message to the sink instead (read offsets and gaps recorded as Faust
+        does); other topics (the clustering's) take Faust's own path. While the flow is
+        suspended (rebalance) nothing is delivered to the sink: Faust's ``getmany`` stops
+        yielding and the sink is cleared.
+        """
+        sink: BatchSink | None = getattr(self.app, "batch_sink", None)
+        if sink is None:
+            await super()._drain_messages(fetcher)
+            return
+        sink_topics = sink.topics
+        put = sink.put
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        suspend_flow = self.suspend_flow
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        offset = message.offset
+                        r_offset = read_offset[tp]
+                        if r_offset is not None and offset < r_offset:
+                            continue  # Faust drops these too ("DROPPED MESSAGE")
+                        if r_offset and offset - r_offset > 1 and acks_enabled_for(
+                                message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        if tp.topic in sink_topics:
+                            if suspend_flow.is_set():
+                                break  # rebalancing: Faust's getmany would stop too
+                            put(message)
+                        else:
+                            await self.wait_first(callback(message), suspend_flow.wait())
+                        read_offset[tp] = offset
+                    if self._commit_every is not None and self._n_acked >= self._commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if sink.full:
+                        await self.wait_first(sink.wait_room(), suspend_flow.wait())
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
 
 
 class Transport(faust_aiokafka.Transport):
