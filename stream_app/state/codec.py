@@ -1,12 +1,27 @@
 """Compact, versioned, pickle-free serialisation of :class:`CustomerState`.
 
-Format: a JSON array ``[VERSION, field0, field1, ...]`` in declaration order. Positional
-encoding keeps a typical customer at a few hundred bytes; the version lets a future layout
-read an older one.
+Format v2 (written): a JSON array ``[2, field0, field1, ...]`` in declaration order, with
+the bulky fields packed (each packing is checked to read back exactly, else the field is
+written as in v1):
+
+- ``seen`` (the dedupe window, up to 32 48-bit digests): one base85 string of 6 bytes each
+  (~240 characters instead of ~500 as decimal numbers);
+- ``recent_orders`` (``[[ts, amount], ...]``): one flat list ``[ts0_ms, amount0, dt1_ms,
+  amount1, ...]``, times in integer milliseconds, each after the first relative to the one
+  before (spec timestamps have millisecond precision);
+- ``segments`` and ``segment_aux``: one dict ``{segmentation: [segment or null, aux?]}``
+  (the names once), in the ``segments`` slot; the ``segment_aux`` slot is null.
+
+A state still over :data:`COMPRESS_OVER` bytes (a long-lived customer with every bounded
+part full) is written as ``z`` + base85 of its zlib-deflated JSON: text still, so it can
+travel inside routed JSON operations. Format v1 (plain JSON array ``[1, ...]``) is read as
+before.
 """
 
 from __future__ import annotations
 
+import base64
+import zlib
 from typing import Any
 
 import orjson
@@ -14,21 +29,125 @@ from faust.serializers import codecs
 
 from .customer import FIELD_NAMES, CustomerState
 
-VERSION = 1
+VERSION = 2
+COMPRESS_OVER = 960  # bytes; compressing costs ~20 µs, so only states that need it
+_DIGEST_BYTES = 6
+_MAX_DIGEST = 1 << (8 * _DIGEST_BYTES)
+_SEEN = FIELD_NAMES.index("seen")
+_ORDERS = FIELD_NAMES.index("recent_orders")
+_SEGMENTS = FIELD_NAMES.index("segments")
+_AUX = FIELD_NAMES.index("segment_aux")
+_N = len(FIELD_NAMES)
 
 
 def dumps(state: CustomerState) -> bytes:
-    return orjson.dumps([VERSION, *(getattr(state, name) for name in FIELD_NAMES)])
+    """The stored form: v2 JSON, compressed when large."""
+    data = dumps_json(state)
+    if len(data) > COMPRESS_OVER:
+        packed = b"z" + base64.b85encode(zlib.compress(data, 6))
+        if len(packed) < len(data):
+            return packed
+    return data
+
+
+def dumps_json(state: CustomerState) -> bytes:
+    """The v2 JSON form, never compressed."""
+    row: list[Any] = [VERSION, *(getattr(state, name) for name in FIELD_NAMES)]
+    row[1 + _SEEN] = _pack_seen(state.seen)
+    row[1 + _ORDERS] = _pack_orders(state.recent_orders)
+    row[1 + _SEGMENTS] = _pack_segments(state.segments, state.segment_aux)
+    row[1 + _AUX] = None
+    return orjson.dumps(row)
 
 
 def loads(data: bytes) -> CustomerState:
+    if data[:1] == b"z":
+        try:
+            data = zlib.decompress(base64.b85decode(data[1:]))
+        except (ValueError, zlib.error) as exc:
+            raise ValueError(f"unreadable compressed customer state: {exc}") from exc
     row = orjson.loads(data)
-    if not isinstance(row, list) or not row or row[0] != VERSION:
-        raise ValueError(f"unsupported customer-state format {row[:1] if isinstance(row, list) else type(row)}")
+    if not isinstance(row, list) or not row or row[0] not in (1, VERSION):
+        raise ValueError(
+            f"unsupported customer-state format {row[:1] if isinstance(row, list) else type(row)}")
     values = row[1:]
-    if len(values) != len(FIELD_NAMES):
+    if len(values) != _N:
         raise ValueError("customer-state record has the wrong number of fields")
+    if row[0] == VERSION:
+        values[_SEEN] = _unpack_seen(values[_SEEN])
+        values[_ORDERS] = _unpack_orders(values[_ORDERS])
+        values[_SEGMENTS], values[_AUX] = _unpack_segments(values[_SEGMENTS], values[_AUX])
     return CustomerState(*values)
+
+
+# --- packings (each falls back to the v1 form when it would not read back exactly) -------------
+
+def _pack_seen(seen: list[int]) -> Any:
+    if not all(type(d) is int and 0 <= d < _MAX_DIGEST for d in seen):
+        return seen
+    return base64.b85encode(b"".join(d.to_bytes(_DIGEST_BYTES, "big") for d in seen)).decode()
+
+
+def _unpack_seen(value: Any) -> list[int]:
+    if not isinstance(value, str):
+        return list(value)
+    raw = base64.b85decode(value)
+    if len(raw) % _DIGEST_BYTES:
+        raise ValueError("customer-state dedupe digests have the wrong length")
+    return [int.from_bytes(raw[i:i + _DIGEST_BYTES], "big")
+            for i in range(0, len(raw), _DIGEST_BYTES)]
+
+
+def _pack_orders(orders: list[list[float]]) -> Any:
+    if not orders:
+        return orders
+    flat: list[Any] = []
+    prev = 0
+    for order in orders:
+        if len(order) != 2 or type(order[0]) is not float:
+            return orders
+        ts, amount = order
+        ms = round(ts * 1000)
+        if ms / 1000 != ts:
+            return orders
+        flat += (ms - prev, amount)
+        prev = ms
+    return {"ms": flat}
+
+
+def _unpack_orders(value: Any) -> list[list[float]]:
+    if isinstance(value, list):
+        return value
+    flat = value["ms"]
+    out: list[list[float]] = []
+    ms = 0
+    for i in range(0, len(flat), 2):
+        ms += flat[i]
+        out.append([ms / 1000, flat[i + 1]])
+    return out
+
+
+def _pack_segments(segments: dict[str, str], aux: dict[str, Any]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for name, segment in segments.items():
+        out[name] = [segment, aux[name]] if name in aux else [segment]
+    for name, value in aux.items():
+        if name not in segments:
+            out[name] = [None, value]
+    return out
+
+
+def _unpack_segments(packed: Any, aux_slot: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    if aux_slot is not None:  # not packed
+        return packed, aux_slot
+    segments: dict[str, str] = {}
+    aux: dict[str, Any] = {}
+    for name, entry in packed.items():
+        if entry[0] is not None:
+            segments[name] = entry[0]
+        if len(entry) > 1:
+            aux[name] = entry[1]
+    return segments, aux
 
 
 def to_json(state: CustomerState) -> dict[str, Any]:
