@@ -4,8 +4,9 @@ Format v2 (written): a JSON array ``[2, field0, field1, ...]`` in declaration or
 the bulky fields packed (each packing is checked to read back exactly, else the field is
 written as in v1):
 
-- ``seen`` (the dedupe window, up to 32 48-bit digests): one base85 string of 6 bytes each
-  (~240 characters instead of ~500 as decimal numbers);
+- ``seen`` (the dedupe window, up to 32 48-bit digests): one base64 string of 6 bytes each
+  (~260 characters instead of ~500 as decimal numbers; base64 rather than the denser
+  base85, which Python encodes in pure Python, ~20x slower);
 - ``recent_orders`` (``[[ts, amount], ...]``): one flat list ``[ts0_ms, amount0, dt1_ms,
   amount1, ...]``, times in integer milliseconds, each after the first relative to the one
   before (spec timestamps have millisecond precision);
@@ -85,13 +86,13 @@ def loads(data: bytes) -> CustomerState:
 def _pack_seen(seen: list[int]) -> Any:
     if not all(type(d) is int and 0 <= d < _MAX_DIGEST for d in seen):
         return seen
-    return base64.b85encode(b"".join(d.to_bytes(_DIGEST_BYTES, "big") for d in seen)).decode()
+    return base64.b64encode(b"".join(d.to_bytes(_DIGEST_BYTES, "big") for d in seen)).decode()
 
 
 def _unpack_seen(value: Any) -> list[int]:
     if not isinstance(value, str):
         return list(value)
-    raw = base64.b85decode(value)
+    raw = base64.b64decode(value, validate=True)
     if len(raw) % _DIGEST_BYTES:
         raise ValueError("customer-state dedupe digests have the wrong length")
     return [int.from_bytes(raw[i:i + _DIGEST_BYTES], "big")
