@@ -289,6 +289,25 @@ def segments(
         out.print(table)
 
 
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "help_option_names": []})
+def bench(ctx: typer.Context) -> None:
+    """Throughput, latency, memory and scale-out on the embedded broker (bench/throughput.py;
+    options: segmenter bench --help)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
+    if not path.is_file():
+        console.print("[red]segmenter bench:[/] needs a source checkout (bench/throughput.py)")
+        raise typer.Exit(2)
+    spec = importlib.util.spec_from_file_location("segmenter_bench_throughput", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    raise typer.Exit(module.main(list(ctx.args)))
+
+
 def main() -> None:
     # Never let a broken pipe (e.g. `segmenter tail | head`) print a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None

@@ -1,0 +1,220 @@
+"""Batch delivery (stream_app.kafka.batching): what replaces Faust's per-message stream.
+
+The sink must keep what a Faust stream guarantees: messages tracked when taken and acked only
+after the handler returned, nothing taken while a rebalance suspends the flow, buffered
+messages dropped (never acked) when Faust clears its queues, stale generations dropped, and
+back pressure on the consumer. End to end it is exercised by every integration test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import Message
+from faust.types.tuples import ConsumerMessage
+from mode.utils.queues import FlowControlEvent
+
+from stream_app.kafka.batching import BatchSink, OutputBatcher
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.tracked: list[int] = []
+        self.acked: list[int] = []
+
+    def track_message(self, m: Message) -> None:
+        self.tracked.append(m.offset)
+
+    def ack(self, m: Message) -> bool:
+        self.acked.append(m.offset)
+        return True
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.flow_control = FlowControlEvent(initially_suspended=False)
+        self.consumer = FakeConsumer()
+        self.consumer_generation_id = 1
+        self.should_stop = False
+        self.crashed: BaseException | None = None
+
+    async def crash(self, exc: BaseException) -> None:
+        self.crashed = exc
+
+
+def msg(offset: int, partition: int = 0, generation: int = 1) -> Message:
+    # what Faust's aiokafka consumer makes of a record (tracking enabled)
+    return ConsumerMessage("in", partition, offset, 0.0, 0, None, b"k", b"v", None,
+                           generation_id=generation)
+
+
+def sink_for(app: FakeApp, handler: Any, max_batch: int = 3, max_buffered: int = 5
+             ) -> BatchSink:
+    return BatchSink(app, ["in"], handler, max_batch=max_batch, max_buffered=max_buffered)
+
+
+def test_take_tracks_at_most_a_batch_in_order() -> None:
+    app = FakeApp()
+    sink = sink_for(app, None)
+    for i in range(5):
+        sink.put(msg(i))
+    assert [m.offset for m in sink.take()] == [0, 1, 2]
+    assert app.consumer.tracked == [0, 1, 2] and app.consumer.acked == []
+    assert [m.offset for m in sink.take()] == [3, 4]
+    assert sink.take() == []
+
+
+def test_stale_generation_is_dropped_unacked() -> None:
+    app = FakeApp()
+    sink = sink_for(app, None)
+    sink.put(msg(0, generation=1))
+    app.consumer_generation_id = 2  # a rebalance happened since it was fetched
+    sink.put(msg(1, generation=2))
+    assert [m.offset for m in sink.take()] == [1]
+    assert sink.dropped_stale == 1 and app.consumer.tracked == [1]
+
+
+def test_back_pressure_and_clear_by_flow_control() -> None:
+    app = FakeApp()
+    sink = sink_for(app, None, max_batch=3, max_buffered=4)
+    for i in range(4):
+        sink.put(msg(i))
+    assert sink.full
+    sink.take()
+    assert not sink.full
+    sink.put(msg(4))
+    app.flow_control.suspend()
+    app.flow_control.clear()  # what Faust does on partitions revoked
+    assert sink.buffer == [] and not sink.full
+    assert app.consumer.tracked == [0, 1, 2] and app.consumer.acked == []
+
+
+async def test_run_acks_after_the_handler_returned() -> None:
+    app = FakeApp()
+    seen: list[list[int]] = []
+
+    async def handler(batch: list[Message]) -> None:
+        # earlier batches acked, this one not yet
+        assert app.consumer.acked == [o for b in seen for o in b]
+        seen.append([m.offset for m in batch])
+        await asyncio.sleep(0)
+
+    sink = sink_for(app, handler, max_batch=2)
+    task = asyncio.create_task(sink.run())
+    for i in range(5):
+        sink.put(msg(i))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    app.should_stop = True
+    sink.put(msg(99, generation=0))  # wakes the loop; stale, so never handled
+    await asyncio.wait_for(task, 1)
+    assert seen == [[0, 1], [2, 3], [4]]
+    assert app.consumer.acked == [0, 1, 2, 3, 4]
+
+
+async def test_nothing_is_taken_while_the_flow_is_suspended() -> None:
+    app = FakeApp()
+    handled: list[int] = []
+
+    async def handler(batch: list[Message]) -> None:
+        handled.extend(m.offset for m in batch)
+
+    sink = sink_for(app, handler)
+    app.flow_control.suspend()
+    task = asyncio.create_task(sink.run())
+    sink.put(msg(0))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert handled == []
+    app.flow_control.resume()  # clears the buffer: fetched again from the committed offset
+    sink.put(msg(1))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert handled == [1]
+    app.should_stop = True
+    sink.put(msg(2, generation=0))
+    await asyncio.wait_for(task, 1)
+
+
+async def test_a_failing_handler_crashes_the_app_without_acking() -> None:
+    app = FakeApp()
+
+    async def handler(batch: list[Message]) -> None:
+        raise RuntimeError("bug")
+
+    sink = sink_for(app, handler)
+    sink.put(msg(0))
+    await asyncio.wait_for(sink.run(), 1)
+    assert isinstance(app.crashed, RuntimeError) and app.consumer.acked == []
+
+
+# --- output batches -------------------------------------------------------------------------
+
+class FakeBatch:
+    def __init__(self, limit: int) -> None:
+        self.records: list[tuple[Any, ...]] = []
+        self.limit = limit
+
+    def append(self, *, key: Any, value: Any, timestamp: Any, headers: Any) -> Any:
+        if len(self.records) >= self.limit:
+            return None
+        self.records.append((key, value, headers))
+        return object()
+
+
+class FakeMetadata:
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(8))
+
+
+class FakeClient:
+    async def _wait_on_metadata(self, topic: str) -> None:
+        return None
+
+
+class FakeProducer:
+    def __init__(self, limit: int = 1000) -> None:
+        self.sent: list[tuple[str, int, list[tuple[Any, ...]]]] = []
+        self.limit = limit
+        self._metadata = FakeMetadata()
+        self.client = FakeClient()
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.limit)
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> None:
+        self.sent.append((topic, partition, batch.records))
+
+
+async def test_outputs_are_grouped_per_partition_in_order() -> None:
+    out = OutputBatcher()
+    out.add("routed", b"a", b"1", 3)
+    out.add("changes", b"u-1", b"c1")
+    out.add("routed", b"b", b"2", 3)
+    out.add("changes", b"u-1", b"c2")
+    out.add("dlq", None, b"x", 0, headers=[("h", b"v")])
+    producer = FakeProducer()
+    await out.send(producer)
+    by_tp = {(t, p): [r[1] for r in recs] for t, p, recs in producer.sent}
+    assert by_tp[("routed", 3)] == [b"1", b"2"]
+    part = DefaultPartitioner()(b"u-1", list(range(8)), list(range(8)))
+    assert by_tp[("changes", part)] == [b"c1", b"c2"]  # Kafka's default partitioner
+    assert ("dlq", 0) in by_tp and out.count == 0
+
+
+async def test_a_full_batch_is_sent_and_a_new_one_started() -> None:
+    out = OutputBatcher()
+    for i in range(5):
+        out.add("routed", b"k", str(i).encode(), 1)
+    producer = FakeProducer(limit=2)
+    await out.send(producer)
+    assert [[r[1] for r in recs] for _, _, recs in producer.sent] == [
+        [b"0", b"1"], [b"2", b"3"], [b"4"]]
+
+
+def test_a_record_without_key_or_partition_is_refused() -> None:
+    with pytest.raises(ValueError):
+        OutputBatcher().add("changes", None, b"v")
