@@ -299,7 +299,7 @@ class _Batch:
                                f"merged into customer {user}", self.result.changes)
             self.work[anon] = None
             self.dirty.add(anon)
-        self._route(user, routing.absorb_op(user, anon, codec.dumps(state)))
+        self._route(user, routing.absorb_op(user, anon, codec.dumps_json(state)))
 
     def _absorb(self, user: str, anon: str, other: CustomerState, ingest_ts: float) -> None:
         """At the user's partition: fold an anonymous history in, once.

@@ -14,9 +14,8 @@ written as in v1):
   (the names once), in the ``segments`` slot; the ``segment_aux`` slot is null.
 
 A state still over :data:`COMPRESS_OVER` bytes (a long-lived customer with every bounded
-part full) is written as ``z`` + base85 of its zlib-deflated JSON: text still, so it can
-travel inside routed JSON operations. Format v1 (plain JSON array ``[1, ...]``) is read as
-before.
+part full) is stored as ``Z`` + its zlib-deflated JSON (binary; routed JSON operations carry
+:func:`dumps_json` instead). Format v1 (plain JSON array ``[1, ...]``) is read as before.
 """
 
 from __future__ import annotations
@@ -45,14 +44,14 @@ def dumps(state: CustomerState) -> bytes:
     """The stored form: v2 JSON, compressed when large."""
     data = dumps_json(state)
     if len(data) > COMPRESS_OVER:
-        packed = b"z" + base64.b85encode(zlib.compress(data, 6))
+        packed = b"Z" + zlib.compress(data, 6)
         if len(packed) < len(data):
             return packed
     return data
 
 
 def dumps_json(state: CustomerState) -> bytes:
-    """The v2 JSON form, never compressed."""
+    """The v2 JSON form, never compressed (UTF-8 text: for routed operations)."""
     row: list[Any] = [VERSION, *(getattr(state, name) for name in FIELD_NAMES)]
     row[1 + _SEEN] = _pack_seen(state.seen)
     row[1 + _ORDERS] = _pack_orders(state.recent_orders)
@@ -62,10 +61,10 @@ def dumps_json(state: CustomerState) -> bytes:
 
 
 def loads(data: bytes) -> CustomerState:
-    if data[:1] == b"z":
+    if data[:1] == b"Z":
         try:
-            data = zlib.decompress(base64.b85decode(data[1:]))
-        except (ValueError, zlib.error) as exc:
+            data = zlib.decompress(data[1:])
+        except zlib.error as exc:
             raise ValueError(f"unreadable compressed customer state: {exc}") from exc
     row = orjson.loads(data)
     if not isinstance(row, list) or not row or row[0] not in (1, VERSION):
