@@ -6,13 +6,17 @@ Every phase starts its own embedded broker (Tansu, in memory, on this machine) a
 processes; nothing is mocked. The workload is simulated persona traffic
 (:mod:`stream_app.simulate`), serialized once, one event per Kafka message, keyed by customer.
 
+0. **step**: the pure :class:`~stream_app.processing.Step` alone, in the driver process, on
+   the same workload, in per-partition batches: no Kafka. Its rate (per CPU second) is the
+   ceiling for any Kafka loop doing this work on one core.
 1. **baseline**: a plain aiokafka loop doing the worker's work (``bench/throughput.py --role
    baseline``, its own process): ``getmany`` on the input and routed topics -> the same pure
-   :class:`~stream_app.processing.Step` with the same segmentations, state in a dict -> an
-   aiokafka producer sends what the worker sends (changes, routed records, dead letters,
-   training samples, and a changelog record per written customer per batch, as a Faust
-   table does) -> offsets committed every second (the worker's commit interval), after the
-   producer has flushed.
+   step with the same segmentations, state in a dict -> what the worker sends (changes,
+   routed records, dead letters, training samples, and a changelog record per written
+   customer per batch, as a Faust table does), one record batch per partition as the worker
+   does -> offsets committed every second (the worker's commit interval), after the
+   producer has flushed. (It does not wait for the broker after every batch, as the worker
+   must before it writes its tables.)
 2. **worker x1**: ``python -m stream_app worker``, the events preloaded before it starts.
 3. **worker x2**: two workers (one consumer group) on the same preloaded partitions.
 4. **latency**: a worker on empty topics; events produced at half the worker's measured
@@ -478,6 +482,61 @@ class Context:
     results: dict[str, Any] = field(default_factory=dict)
 
 
+def step_phase(ctx: Context) -> dict[str, Any]:
+    """The pure step alone, in this process, on the same workload: no Kafka at all.
+
+    The worker and the baseline loop both run this step; its rate is the ceiling for any
+    Kafka loop doing the same work on one core."""
+    from stream_app.kafka.routing import partition_for
+    from stream_app.processing import Message
+
+    settings = load_settings_from(settings_env("127.0.0.1:9", "bench", ctx.args.partitions,
+                                               ctx.workdir / "step", **dict(ctx.args.setting)))
+    step = _make_step(settings)
+    now = time.time()
+    by_partition: dict[int, list[Message]] = {}
+    for i, (key, value) in enumerate(ctx.workload.records):
+        p = partition_for(key.decode(), settings.partitions)
+        by_partition.setdefault(p, []).append(
+            Message(settings.input_topic, p, i, key, value, now))
+    # batches as the worker sees them when draining: up to batch_size messages, per partition
+    per_batch = max(1, settings.batch_size // settings.partitions)
+    customers: dict[int, dict[str, Any]] = {p: {} for p in by_partition}
+    aliases: dict[int, dict[str, Any]] = {p: {} for p in by_partition}
+    changes = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    for p, msgs in by_partition.items():
+        for i in range(0, len(msgs), per_batch):
+            changes += len(step.run(p, msgs[i:i + per_batch], customers[p], aliases[p],
+                                    now).changes)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    n = len(ctx.workload.records)
+    out = {"events": n, "changes": changes, "cpu_s": round(cpu, 2), "seconds": round(wall, 2),
+           "ev_per_cpu_s": round(n / max(cpu, 1e-9)), "us_per_event": round(1e6 * cpu / n, 1)}
+    print(f"  step       {out['ev_per_cpu_s']:9,} ev per CPU-s ({out['us_per_event']} µs an "
+          f"event, {changes:,} changes; no Kafka)", flush=True)
+    return out
+
+
+def _make_step(s: Any) -> Any:
+    """The worker's step, built from settings as the worker builds it (stream_app.app)."""
+    from stream_app.events.parse import Limits
+    from stream_app.processing import Step
+    from stream_app.segmentation.registry import build_segmentations
+    from stream_app.state.customer import StateConfig
+
+    segmentations = build_segmentations(s)
+    return Step(input_topic=s.input_topic, routed_topic=s.routed_topic, partitions=s.partitions,
+                segmentations=segmentations,
+                limits=Limits(s.max_message_bytes, s.max_batch_events, s.max_future_skew_s),
+                state_config=StateConfig(session_gap_s=s.session_gap_s,
+                                         half_life_days=s.recent_half_life_days,
+                                         cart_abandon_after_s=s.cart_abandon_after_s,
+                                         dedupe_window=s.dedupe_window),
+                sample_every_s=86400.0 if any(seg.name == "behavior" for seg in segmentations)
+                else None)
+
+
 async def drain_phase(ctx: Context, system: str, workers: int = 1) -> Drain:
     """Preload the workload, then start the system and time it until drained."""
     args = ctx.args
@@ -777,24 +836,13 @@ async def baseline_loop(group: str) -> None:
     from aiokafka.structs import OffsetAndMetadata
 
     from stream_app.config import load_settings
-    from stream_app.events.parse import Limits
+    from stream_app.kafka.batching import OutputBatcher
     from stream_app.kafka.clients import aiokafka_config
-    from stream_app.processing import Message, Step, change_bytes, dead_letter_headers
-    from stream_app.segmentation.registry import build_segmentations
+    from stream_app.processing import Message, change_bytes, dead_letter_headers
     from stream_app.state import codec
-    from stream_app.state.customer import StateConfig
 
     s = load_settings()
-    segmentations = build_segmentations(s)
-    step = Step(input_topic=s.input_topic, routed_topic=s.routed_topic, partitions=s.partitions,
-                segmentations=segmentations,
-                limits=Limits(s.max_message_bytes, s.max_batch_events, s.max_future_skew_s),
-                state_config=StateConfig(session_gap_s=s.session_gap_s,
-                                         half_life_days=s.recent_half_life_days,
-                                         cart_abandon_after_s=s.cart_abandon_after_s,
-                                         dedupe_window=s.dedupe_window),
-                **({"sample_every_s": 86400.0}
-                   if any(seg.name == "behavior" for seg in segmentations) else {}))
+    step = _make_step(s)
     conf = aiokafka_config(s)
     consumer = AIOKafkaConsumer(s.input_topic, s.routed_topic, group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -820,6 +868,7 @@ async def baseline_loop(group: str) -> None:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100, max_records=s.batch_size)
             wall = time.time()
+            out = OutputBatcher()
             for tp, records in batch.items():
                 p = tp.partition
                 msgs = [Message(r.topic, p, r.offset, r.key, r.value, r.timestamp / 1000.0)
@@ -827,31 +876,30 @@ async def baseline_loop(group: str) -> None:
                 table = customers.setdefault(p, _Recording())
                 links = aliases.setdefault(p, _Recording())
                 result = step.run(p, msgs, table, links, wall)
+                # every output of the batch as one record batch per partition, as the worker
                 for key in table.written:
                     st = table.get(key)
-                    await producer.send(cl_customers, codec.dumps(st) if st else None,
-                                        key=key.encode(), partition=p)
+                    out.add(cl_customers, key.encode(), codec.dumps(st) if st else None, p)
                 for key in links.written:
                     user = links.get(key)
-                    await producer.send(cl_aliases, user.encode() if user else None,
-                                        key=key.encode(), partition=p)
+                    out.add(cl_aliases, key.encode(), user.encode() if user else None, p)
                 table.written.clear()
                 links.written.clear()
                 for key, part, value in result.routed:
-                    await producer.send(s.routed_topic, value, key=key.encode(), partition=part)
+                    out.add(s.routed_topic, key.encode(), value, part)
+                for change in result.changes:
+                    out.add(s.changes_topic, change.customer_id.encode(), change_bytes(change))
+                for feats in result.samples:
+                    out.add(s.training_topic, None, orjson.dumps(feats), 0)
                 for msg, rej in result.dead_letters:
                     await producer.send(s.dlq_topic, rej.payload, key=msg.key,
                                         headers=dead_letter_headers(msg, rej, wall))
-                for change in result.changes:
-                    await producer.send(s.changes_topic, change_bytes(change),
-                                        key=change.customer_id.encode())
-                for feats in getattr(result, "samples", ()):
-                    await producer.send(s.training_topic, orjson.dumps(feats), partition=0)
                 positions[TopicPartition(tp.topic, p)] = records[-1].offset + 1
                 stats["messages"] += len(records)
                 stats["routed"] += len(result.routed)
                 stats["applied"] += result.applied
                 stats["changes"] += len(result.changes)
+            await out.send(producer)
             now = time.time()
             if positions and now - last_commit >= 1.0:  # Faust's broker_commit_interval
                 await producer.flush()  # effects first, then the offsets
@@ -963,8 +1011,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--days", type=float, default=60.0, help="days of simulated history")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=8)
-    ap.add_argument("--phases", default="baseline,worker1,worker2,latency,rss",
-                    help="comma-separated subset of baseline,worker1,worker2,latency,rss")
+    ap.add_argument("--phases", default="step,baseline,worker1,worker2,latency,rss",
+                    help="comma-separated subset of step,baseline,worker1,worker2,latency,rss")
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-rate", type=float, default=0.0,
                     help="events/s for the latency phase (default: half worker1's throughput)")
@@ -998,6 +1046,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="segmenter-bench-"))
     ctx = Context(args, workdir, wl, results)
     try:
+        if "step" in phases:
+            results["step"] = step_phase(ctx)
         if "baseline" in phases:
             results["baseline"] = asdict(await drain_phase(ctx, "baseline"))
         if "worker1" in phases:

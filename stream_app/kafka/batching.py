@@ -8,7 +8,7 @@ appends each fetched message to a :class:`BatchSink` synchronously, and one task
 whatever has arrived to the batch handler. What a Faust stream guarantees is kept:
 
 - a message is tracked (``Consumer.track_message``) when its batch is taken and acked after
-  the handler returned, so offsets are committed only for handled messages, in order, with
+  the handler returned (Faust's sensors see it in and out), so offsets are committed only for handled messages, in order, with
   Faust's own gap tracking and commit task; a rebalance waits for the batch in flight;
 - flow control: while a rebalance suspends the flow the sink takes nothing, Faust's
   ``flow_control.clear()`` empties it, and messages from an older consumer generation are
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from time import monotonic
 from typing import Any
 
 from faust.types import Message
@@ -102,6 +103,7 @@ class BatchSink:
         app = self.app
         flow = app.flow_control
         consumer = app.consumer
+        monitor, sensors = app.monitor, app.sensors
         while not app.should_stop:
             await self._arrived.wait()
             if not flow.is_active():
@@ -110,15 +112,22 @@ class BatchSink:
             batch = self.take()
             if not batch:
                 continue
+            # Faust's livelock check reads when a stream last took an event from a partition
+            # (Stream._c_aiter sets it); without it, it logs "Stream has not started
+            # processing" for every busy partition after stream_processing_timeout.
+            inbound = monotonic()
+            for tp in {m.tp for m in batch}:
+                monitor.stream_inbound_time[tp] = inbound
             try:
                 await self.handler(batch)
             except Exception as exc:  # the step never raises on input: this is a bug
                 log.exception("batch handler failed; stopping the worker")
                 await app.crash(exc)
                 return
-            ack = consumer.ack
+            ack, message_out = consumer.ack, sensors.on_message_out
             for m in batch:
-                ack(m)
+                if ack(m):
+                    message_out(m.tp, m.offset, m)
             self.batches += 1
             await asyncio.sleep(0)  # let the consumer deliver what it fetched meanwhile
 

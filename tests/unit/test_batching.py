@@ -33,10 +33,25 @@ class FakeConsumer:
         return True
 
 
+class FakeMonitor:
+    def __init__(self) -> None:
+        self.stream_inbound_time: dict[Any, float] = {}
+
+
+class FakeSensors:
+    def __init__(self) -> None:
+        self.out: list[int] = []
+
+    def on_message_out(self, tp: Any, offset: int, message: Message) -> None:
+        self.out.append(offset)
+
+
 class FakeApp:
     def __init__(self) -> None:
         self.flow_control = FlowControlEvent(initially_suspended=False)
         self.consumer = FakeConsumer()
+        self.monitor = FakeMonitor()
+        self.sensors = FakeSensors()
         self.consumer_generation_id = 1
         self.should_stop = False
         self.crashed: BaseException | None = None
@@ -112,7 +127,9 @@ async def test_run_acks_after_the_handler_returned() -> None:
     sink.put(msg(99, generation=0))  # wakes the loop; stale, so never handled
     await asyncio.wait_for(task, 1)
     assert seen == [[0, 1], [2, 3], [4]]
-    assert app.consumer.acked == [0, 1, 2, 3, 4]
+    assert app.consumer.acked == app.sensors.out == [0, 1, 2, 3, 4]
+    # Faust's livelock check sees the partition being processed
+    assert list(app.monitor.stream_inbound_time) == [msg(0).tp]
 
 
 async def test_nothing_is_taken_while_the_flow_is_suspended() -> None:
