@@ -24,6 +24,7 @@ from .events.parse import Limits
 from .health import PROBE_INTERVAL_S, BrokerWatch
 from .kafka.batching import BatchSink, OutputBatcher
 from .kafka.clients import faust_credentials
+from .kafka.tables import ConfirmedTable
 from .metrics import Metrics
 from .processing import (
     HeldWrites,
@@ -111,6 +112,7 @@ class Runtime:
             stream_buffer_maxsize=max(4096, s.batch_size * 2),
             producer_linger=0.005,
             table_standby_replicas=0,
+            Table=ConfirmedTable,  # changelog writes awaited before a batch is acked
             logging_config=None,
         )
         self.input_topic = app.topic(s.input_topic, partitions=s.partitions,
@@ -206,6 +208,9 @@ class Runtime:
                 with self.partition_context(partition):
                     customers.apply()
                     aliases.apply()
+            # The state on the broker before the batch is acked (its offsets committable):
+            # Faust's own flush before a commit can miss writes (see kafka/tables.py).
+            await asyncio.gather(self.customers.confirm(), self.aliases.confirm())
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
 
     @contextmanager
@@ -398,6 +403,7 @@ class Runtime:
                     with self.partition_context(p):
                         for cid, state in states.items():
                             self.customers[cid] = state
+                await self.customers.confirm()
             await asyncio.sleep(0)
 
     # --- helpers for web views -------------------------------------------------------------------

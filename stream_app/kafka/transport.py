@@ -106,8 +106,25 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    # Per partition moved back by the last seek to committed offsets: the last offset
+    # delivered before it. Replaced by an instance dict at each seek; empty until then.
+    _stale_above: dict[TP, int] = {}  # noqa: RUF012
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets (end of a rebalance's recovery), and remember, for
+        each partition moved back, the last offset delivered before: messages beyond it that
+        still arrive come from a fetch made at the old position (see _drain_messages)."""
+        committed = await super().seek_to_committed()
+        read = self._read_offset
+        stale = self._stale_above = {}
+        for tp, offset in committed.items():
+            last = read.get(tp)
+            if offset is not None and last is not None and offset <= last:
+                stale[tp] = last
+        return committed
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         """Faust's drain loop, with the messages of a :class:`.batching.BatchSink` handed
@@ -141,6 +158,17 @@ class Consumer(faust_aiokafka.Consumer):
                 if not self.should_stop:
                     async for tp, message in ait:
                         offset = message.offset
+                        stale_above = self._stale_above.get(tp)
+                        if stale_above is not None:
+                            if offset > stale_above:
+                                # Fetched at the old position, before the partition was
+                                # moved back to its committed offset: fetched again from
+                                # there. Delivered now, it would be handled ahead of the
+                                # messages before it, which Faust would count as a gap,
+                                # commit over, and drop when they came again (found by
+                                # the kill -9 test).
+                                continue
+                            del self._stale_above[tp]  # the messages from the new position
                         r_offset = read_offset[tp]
                         if r_offset is not None and offset < r_offset:
                             continue  # Faust drops these too ("DROPPED MESSAGE")

@@ -204,7 +204,10 @@ class Offsets:
 
     def committed(self, group: str) -> dict[TopicPartition, int]:
         try:
-            offsets = self.admin.list_consumer_group_offsets(group)
+            if hasattr(self.admin, "list_group_offsets"):  # kafka-python 3.x
+                offsets = self.admin.list_group_offsets(group).get(group, {})
+            else:  # kafka-python 2.x
+                offsets = self.admin.list_consumer_group_offsets(group)
         except Exception:  # the group is rebalancing / its coordinator busy: not yet
             return {}
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
@@ -334,3 +337,34 @@ def compare_states(stream: Stream, reference: dict[str, dict[str, Any]],
         diff = {k: (reference[cid][k], disturbed[cid][k]) for k in reference[cid]
                 if reference[cid][k] != disturbed[cid][k]}
         raise AssertionError(f"{len(differing)} customers differ, e.g. {cid}: {diff}")
+
+
+def explain(broker: EmbeddedBroker, customer: str, apps: list[str]) -> str:
+    """What happened to one customer, for a failure message: its input messages in log order,
+    and each app's changelog writes (events, and the message ids applied, oldest first)."""
+    from stream_app.state.customer import message_digest
+
+    lines = [f"--- {customer}: input (partition, offset, messageId)"]
+    names: dict[int, str] = {}
+    for rec in read_topic(broker, INPUT, expect=1, idle=1.0):
+        if rec.key and rec.key.decode() == customer:
+            mid = orjson.loads(rec.value).get("messageId", "?")
+            names[message_digest(mid)] = mid
+            lines.append(f"  {rec.partition}@{rec.offset} {mid}")
+    for app in apps:
+        lines.append(f"--- {app}: routed records mentioning it")
+        for rec in read_topic(broker, f"{app}-routed", expect=0, idle=1.0):
+            if customer.encode() in (rec.value or b""):
+                lines.append(f"  {rec.partition}@{rec.offset} {rec.value[:160]!r}")
+        lines.append(f"--- {app}: changelog writes (offset: events, applied ids)")
+        for rec in read_topic(broker, f"{app}-customers-changelog", expect=1, idle=1.0):
+            if rec.key.decode() != customer:
+                continue
+            if not rec.value:
+                lines.append(f"  {rec.offset}: deleted")
+                continue
+            state = codec.loads(rec.value)
+            applied = [names.get(d, str(d)) for d in state.seen]
+            lines.append(f"  {rec.offset}: events={state.events} sessions={state.sessions} "
+                         f"{applied}")
+    return "\n".join(lines)
