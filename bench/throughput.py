@@ -1074,6 +1074,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "baseline":
         asyncio.run(baseline_loop(args.group))
         return 0
+    # SIGTERM (timeout, Ctrl-C in a pipeline) stops the phase's workers and broker too: they
+    # run in their own sessions and would outlive the driver.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = asyncio.run(run(args))
     table = markdown(results)
     print("\n" + table)
