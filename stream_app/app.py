@@ -165,7 +165,8 @@ class Runtime:
         """The input and routed topics are consumed in batches (:mod:`.kafka.batching`):
         the consumer appends fetched messages to the sink, one task hands each batch (what
         arrived while the previous one was processed, at most ``batch_size``) to
-        :meth:`handle_messages`, then acks it; Faust commits acked offsets."""
+        :meth:`handle_messages`, then acks it; Faust commits acked offsets. A batch waits
+        at most ``batch_within`` seconds to fill."""
         s = self.settings
         # Registered with Faust's conductor like an agent's channel: subscribed, co-partitioned
         # with the tables by the assignor, acks enabled.
@@ -174,7 +175,8 @@ class Runtime:
         self.app.topics.add(self.source)
         sink = self.app.batch_sink = BatchSink(
             self.app, (s.input_topic, s.routed_topic), self.handle_messages,
-            max_batch=s.batch_size, max_buffered=max(4096, s.batch_size * 2))
+            max_batch=s.batch_size, max_buffered=max(4096, s.batch_size * 2),
+            within=s.batch_within)
 
         @self.app.task
         async def process() -> None:

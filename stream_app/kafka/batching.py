@@ -22,6 +22,7 @@ partition (aiokafka ``create_batch``/``send_batch``) instead of an ``await`` per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic
@@ -40,14 +41,18 @@ class BatchSink:
     """Messages of ``topics``, delivered to ``handler`` in batches of at most ``max_batch``."""
 
     def __init__(self, app: Any, topics: Sequence[str], handler: Handler, *,
-                 max_batch: int, max_buffered: int) -> None:
+                 max_batch: int, max_buffered: int, within: float = 0.0) -> None:
         self.app = app
         self.topics = frozenset(topics)
         self.handler = handler
         self.max_batch = max_batch
         self.max_buffered = max(max_buffered, max_batch)
+        # At most this long a batch waits to fill up once its first message is there (as
+        # Faust's take_events(within=...)); under load the buffer is full and nothing waits.
+        self.within = within
         self.buffer: list[Message] = []
         self._arrived = asyncio.Event()
+        self._filled = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self.batches = 0
@@ -58,10 +63,13 @@ class BatchSink:
     # --- the consumer's side ---------------------------------------------------------------
     def put(self, message: Message) -> None:
         """Append a fetched message (synchronous: no event-loop turn per message)."""
-        self.buffer.append(message)
+        buf = self.buffer
+        buf.append(message)
         if not self._arrived.is_set():
             self._arrived.set()
-        if len(self.buffer) >= self.max_buffered:
+        if len(buf) >= self.max_batch and not self._filled.is_set():
+            self._filled.set()
+        if len(buf) >= self.max_buffered:
             self._room.clear()
 
     @property
@@ -75,6 +83,7 @@ class BatchSink:
         """Drop what is buffered (rebalance): never tracked, so fetched again later."""
         self.buffer.clear()
         self._arrived.clear()
+        self._filled.clear()
         self._room.set()
 
     # --- the handler's side ----------------------------------------------------------------
@@ -86,6 +95,8 @@ class BatchSink:
         batch, self.buffer = buf[:n], buf[n:]
         if not self.buffer:
             self._arrived.clear()
+        if len(self.buffer) < self.max_batch:
+            self._filled.clear()
         if len(self.buffer) < self.max_buffered:
             self._room.set()
         generation = app.consumer_generation_id
@@ -109,6 +120,11 @@ class BatchSink:
             if not flow.is_active():
                 await flow.acquire()  # rebalancing: the buffer is cleared meanwhile
                 continue
+            if self.within > 0 and not self._filled.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._filled.wait(), self.within)
+                if not flow.is_active():
+                    continue
             batch = self.take()
             if not batch:
                 continue

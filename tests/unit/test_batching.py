@@ -235,3 +235,28 @@ async def test_a_full_batch_is_sent_and_a_new_one_started() -> None:
 def test_a_record_without_key_or_partition_is_refused() -> None:
     with pytest.raises(ValueError):
         OutputBatcher().add("changes", None, b"v")
+
+
+async def test_a_batch_waits_at_most_within_to_fill() -> None:
+    app = FakeApp()
+    handled: list[list[int]] = []
+
+    async def handler(batch: list[Message]) -> None:
+        handled.append([m.offset for m in batch])
+
+    sink = BatchSink(app, ["in"], handler, max_batch=3, max_buffered=6, within=0.05)
+    task = asyncio.create_task(sink.run())
+    sink.put(msg(0))
+    await asyncio.sleep(0.01)
+    sink.put(msg(1))
+    await asyncio.sleep(0.01)
+    assert handled == []  # still filling
+    await asyncio.sleep(0.06)
+    assert handled == [[0, 1]]  # within expired: what is there
+    for i in range(2, 5):
+        sink.put(msg(i))
+    await asyncio.sleep(0.005)
+    assert handled == [[0, 1], [2, 3, 4]]  # full: no waiting
+    app.should_stop = True
+    sink.put(msg(9, generation=0))
+    await asyncio.wait_for(task, 1)
