@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PROBE_IDLE_S = 0.3
 PROBE_DEADLINE_S = 30.0
+PROBE_ANSWER_S = 5.0
 
 
 async def probe_true_ends(consumer: aiokafka.AIOKafkaConsumer, reported: Mapping[TP, int],
@@ -53,12 +54,18 @@ async def probe_true_ends(consumer: aiokafka.AIOKafkaConsumer, reported: Mapping
         consumer.seek(ktp, ends[tp] - 1)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PROBE_DEADLINE_S
+    # (reported end - 1) is a record (the last batch's first), so every partition answers
+    # with at least one: an empty fetch before that is a slow answer (a busy machine), not
+    # the end. Waited for up to PROBE_ANSWER_S (a control record there would never answer).
+    unanswered = set(todo)
+    patience = loop.time() + PROBE_ANSWER_S
     while loop.time() < deadline:
         batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=10_000)
-        if not batch:
+        if not batch and (not unanswered or loop.time() > patience):
             break
         for ktp, records in batch.items():
             if records:
+                unanswered.discard(ktp)
                 tp = todo[ktp]
                 ends[tp] = max(ends[tp], records[-1].offset + 1)
     changed = {f"{tp.topic}[{tp.partition}]": (reported[tp], ends[tp])
