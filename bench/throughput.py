@@ -28,9 +28,9 @@ processes; nothing is mocked. The workload is simulated persona traffic
 Throughput ("drain") = events / (last effect - first progress): progress is the worker's
 ``/health`` counter (the baseline prints the same counter), sampled every 0.1 s; "last
 effect" is when every input and routed message has been processed. "to commit" ends when the
-group's committed offsets reach the end of the input topic instead. Scale-out compares the
-rate while all workers are busy (after the group has settled) with one worker's rate
-measured the same way. CPU seconds of each process are read from /proc (psutil), so a run
+group's committed offsets reach the end of the input topic instead. "steady" is the rate
+between 10 % and 90 % of the messages processed (group joins and the tail left out);
+scale-out compares two workers' steady rate with one worker's. CPU seconds of each process are read from /proc (psutil), so a run
 on a shared, noisy machine can be told apart from a slow one.
 """
 
@@ -451,25 +451,19 @@ def analyse(system: str, samples: list[Sample], expected: int) -> Drain:
 
 
 def _steady_rate(samples: list[Sample]) -> float:
-    n = len(samples[0].messages)
-    busy = []
-    for a, b in zip(samples, samples[1:], strict=False):
-        if b.settled and all(y > x for x, y in zip(a.messages, b.messages, strict=True)):
-            busy.append((a, b))
-    if not busy:
+    """The rate between 10 % and 90 % of the drain (start-up, group joins and the tail left
+    out), read at samples where every process was ready and the group settled."""
+    settled = [s for s in samples if s.settled]
+    if len(settled) < 2:
         return 0.0
-    # the longest run of consecutive busy intervals
-    runs: list[list[tuple[Sample, Sample]]] = [[busy[0]]]
-    for prev, cur in zip(busy, busy[1:], strict=False):
-        if cur[0] is prev[1]:
-            runs[-1].append(cur)
-        else:
-            runs.append([cur])
-    run = max(runs, key=len)
-    if n == 1 and len(run) > 4:  # drop the first and last interval: partial batches
-        run = run[1:-1]
-    a, b = run[0][0], run[-1][1]
-    return (sum(b.messages) - sum(a.messages)) / max(b.t - a.t, 1e-6)
+    total = sum(settled[-1].messages)
+    if total <= 0:
+        return 0.0
+    a = next((s for s in settled if sum(s.messages) >= 0.1 * total), None)
+    b = next((s for s in settled if sum(s.messages) >= 0.9 * total), None)
+    if a is None or b is None or b.t - a.t < 1.0:
+        return 0.0
+    return (sum(b.messages) - sum(a.messages)) / (b.t - a.t)
 
 
 # --- phases -------------------------------------------------------------------------------------
