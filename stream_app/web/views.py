@@ -39,6 +39,7 @@ def register_views(rt: Runtime) -> None:
                     if tp.topic == rt.settings.input_topic),
                 "watermark": rt.watermark,
                 "stats": dict(rt.stats),
+                "dropped_stale": getattr(getattr(app, "batch_sink", None), "dropped_stale", 0),
                 "broker": rt.broker_watch.report(),
             }
             return self.json(body, status=200 if consumer_ready else 503)
