@@ -176,11 +176,15 @@ class Consumer(faust_aiokafka.Consumer):
                         if stale_above is not None:
                             if offset > stale_above:
                                 reseek = self._reseek.pop(tp, None)
-                                if reseek is not None:
+                                if reseek is not None and tp in self.assignment():
                                     # Seen on a restarted worker: the fetcher went on from
                                     # the old position, and no refetch came. Seek again
                                     # (harmless if the refetch was merely late).
-                                    await self._seek(tp, reseek)
+                                    try:
+                                        await self._seek(tp, reseek)
+                                    except Exception as exc:  # revoked meanwhile
+                                        log.warning("could not seek %s back to %s: %r",
+                                                    tp, reseek, exc)
                                 # Fetched at the old position, before the partition was
                                 # moved back to its committed offset: fetched again from
                                 # there. Delivered now, it would be handled ahead of the
