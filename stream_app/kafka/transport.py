@@ -116,7 +116,6 @@ class Consumer(faust_aiokafka.Consumer):
     # Per partition moved back by the last seek to committed offsets: the last offset
     # delivered before it. Replaced by an instance dict at each seek; empty until then.
     _stale_above: dict[TP, int] = {}  # noqa: RUF012
-    _reseek: dict[TP, int] = {}  # noqa: RUF012  # committed offset, until re-sought once
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -127,17 +126,11 @@ class Consumer(faust_aiokafka.Consumer):
         still arrive come from a fetch made at the old position (see _drain_messages)."""
         committed = await super().seek_to_committed()
         read = self._read_offset
-        stale: dict[TP, int] = {}
-        self._reseek = {}
+        stale = self._stale_above = {}
         for tp, offset in committed.items():
             last = read.get(tp)
             if offset is not None and last is not None and offset <= last:
                 stale[tp] = last
-                self._reseek[tp] = offset
-                # What Faust's own seek() does: the messages from the committed offset on
-                # are to be read again (else they would be dropped as already read).
-                read[tp] = offset if offset else None
-        self._stale_above = stale
         return committed
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
@@ -175,16 +168,6 @@ class Consumer(faust_aiokafka.Consumer):
                         stale_above = self._stale_above.get(tp)
                         if stale_above is not None:
                             if offset > stale_above:
-                                reseek = self._reseek.pop(tp, None)
-                                if reseek is not None and tp in self.assignment():
-                                    # Seen on a restarted worker: the fetcher went on from
-                                    # the old position, and no refetch came. Seek again
-                                    # (harmless if the refetch was merely late).
-                                    try:
-                                        await self._seek(tp, reseek)
-                                    except Exception as exc:  # revoked meanwhile
-                                        log.warning("could not seek %s back to %s: %r",
-                                                    tp, reseek, exc)
                                 # Fetched at the old position, before the partition was
                                 # moved back to its committed offset: fetched again from
                                 # there. Delivered now, it would be handled ahead of the

@@ -61,10 +61,6 @@ def _outcome(broker: Any, stream: Stream, ref_app: str, app: str, changes_topic:
     return figures
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known issue (README, Guarantees): a restarted incarnation can stop consuming a partition "
-    "after table recovery, so the stream never drains; it failed 2 of 4 recent runs. Kept "
-    "running so a fix shows as XPASS; the equality checks are unchanged"))
 def test_kill_9_at_random_moments_loses_nothing(broker, worker_factory):
     seed = 7
     rng = random.Random(seed)
