@@ -59,10 +59,14 @@ class BatchSink:
         self.dropped_stale = 0
         # Faust empties the queues it manages when a rebalance suspends the flow.
         app.flow_control.manage_queue(self)
+        self._flow_active = app.flow_control.is_active
 
     # --- the consumer's side ---------------------------------------------------------------
-    def put(self, message: Message) -> None:
-        """Append a fetched message (synchronous: no event-loop turn per message)."""
+    def put(self, message: Message) -> bool:
+        """Append a fetched message (synchronous: no event-loop turn per message); False,
+        and nothing kept, while a rebalance suspends the flow."""
+        if not self._flow_active():
+            return False
         buf = self.buffer
         buf.append(message)
         if not self._arrived.is_set():
@@ -71,6 +75,7 @@ class BatchSink:
             self._filled.set()
         if len(buf) >= self.max_buffered:
             self._room.clear()
+        return True
 
     @property
     def full(self) -> bool:
@@ -80,7 +85,17 @@ class BatchSink:
         await self._room.wait()
 
     def clear(self) -> None:
-        """Drop what is buffered (rebalance): never tracked, so fetched again later."""
+        """Drop what is buffered when a rebalance suspends the flow: never tracked, so
+        fetched again later (the consumer forgets the revoked partitions' positions).
+
+        mode's ``FlowControlEvent.resume()`` clears its queues as well, after the flow is
+        active again. Faust resumes the flow after seeking the stream partitions to their
+        committed offsets, and the consumer hands on messages during that seek (see
+        ``transport.Consumer``): they belong to the current assignment and are not fetched
+        again, so a clear on resume keeps them. Dropping them lost them (a restarted worker
+        stalled on a partition)."""
+        if self._flow_active():
+            return  # resume(): the flow is active again, nothing here is stale
         self.buffer.clear()
         self._arrived.clear()
         self._filled.clear()

@@ -113,25 +113,45 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
-    # Per partition moved back by the last seek to committed offsets: the last offset
-    # delivered before it. Replaced by an instance dict at each seek; empty until then.
-    _stale_above: dict[TP, int] = {}  # noqa: RUF012
+    """Faust's aiokafka consumer, with batch delivery and a seek that never moves back over
+    messages already handed to the sink.
+
+    At the end of a rebalance Faust resumes the stream partitions, then seeks them to their
+    committed offsets (``Recovery.on_recovery_completed``), then resumes the flow. Meanwhile
+    the fetcher already delivers from the position the assignment started at, so a fresh
+    worker hands on messages past the committed offset while the seek moves the partition
+    back. Faust's own bookkeeping then resets the read offsets to the committed ones: the
+    messages come again (applied twice), or, when they came again before the reset, the ones
+    after them are taken for stale and the partition stalls (found by the restart tests).
+    For the sink's topics the consumer remembers, per partition of the current assignment,
+    the last offset handed to the sink, which keeps what it holds when the flow resumes
+    (:meth:`.batching.BatchSink.clear`): a message at or below it is a re-delivery and is
+    skipped, and the seek never sets the read offset below it, so delivery goes on in order
+    whatever the seek and the in-flight fetches do. A partition's record is forgotten when it
+    is revoked (the sink is cleared then, and the messages are fetched again from the
+    committed offset). Other topics keep Faust's own path and bookkeeping.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per partition of the current assignment: the last offset handed on.
+        self._handed: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        """Seek to the committed offsets (end of a rebalance's recovery), and remember, for
-        each partition moved back, the last offset delivered before: messages beyond it that
-        still arrive come from a fetch made at the old position (see _drain_messages)."""
-        committed = await super().seek_to_committed()
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self._handed.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()  # read offsets := committed offsets
         read = self._read_offset
-        stale = self._stale_above = {}
-        for tp, offset in committed.items():
-            last = read.get(tp)
-            if offset is not None and last is not None and offset <= last:
-                stale[tp] = last
-        return committed
+        for tp, last in self._handed.items():
+            current = read.get(tp)
+            if current is None or current < last:
+                read[tp] = last
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         """Faust's drain loop, with the messages of a :class:`.batching.BatchSink` handed
@@ -155,6 +175,7 @@ class Consumer(faust_aiokafka.Consumer):
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         read_offset = self._read_offset
+        handed = self._handed
         suspend_flow = self.suspend_flow
         acks_enabled_for = self.app.topics.acks_enabled_for
         try:
@@ -165,17 +186,9 @@ class Consumer(faust_aiokafka.Consumer):
                 if not self.should_stop:
                     async for tp, message in ait:
                         offset = message.offset
-                        stale_above = self._stale_above.get(tp)
-                        if stale_above is not None:
-                            if offset > stale_above:
-                                # Fetched at the old position, before the partition was
-                                # moved back to its committed offset: fetched again from
-                                # there. Delivered now, it would be handled ahead of the
-                                # messages before it, which Faust would count as a gap,
-                                # commit over, and drop when they came again (found by
-                                # the kill -9 test).
-                                continue
-                            del self._stale_above[tp]  # the messages from the new position
+                        last = handed.get(tp)  # sink topics only
+                        if last is not None and offset <= last:
+                            continue  # handed on already: fetched again after a seek back
                         r_offset = read_offset[tp]
                         if r_offset is not None and offset < r_offset:
                             continue  # Faust drops these too ("DROPPED MESSAGE")
@@ -183,10 +196,13 @@ class Consumer(faust_aiokafka.Consumer):
                                 message.topic):
                             await self._add_gap(tp, r_offset + 1, offset)
                         if tp.topic in sink_topics:
-                            if suspend_flow.is_set():
+                            if suspend_flow.is_set() or not put(message):
                                 break  # rebalancing: Faust's getmany would stop too
-                            put(message)
+                            handed[tp] = offset
                         else:
+                            # Faust's own path, and its own bookkeeping: its queues are
+                            # cleared when the flow resumes, so what they held must come
+                            # again after the seek.
                             await self.wait_first(callback(message), suspend_flow.wait())
                         read_offset[tp] = offset
                     if self._commit_every is not None and self._n_acked >= self._commit_every:

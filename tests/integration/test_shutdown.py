@@ -31,9 +31,6 @@ def send_orders(producer: KafkaProducer, phase: str, n: int, rate: float = 0.0) 
     producer.flush()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known issue (README, Guarantees): the restarted worker can stop consuming a partition "
-    "after recovery (about 1 run in 2 here); kept running so a fix shows as XPASS"))
 def test_sigterm_stops_within_10s_and_a_restart_reapplies_nothing(broker, worker_factory,
                                                                   producer):
     worker = worker_factory(tick_interval_s="3600").start()
