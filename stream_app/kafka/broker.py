@@ -52,6 +52,13 @@ class EmbeddedBroker:
     # it. (Tansu 0.6 has ``--cert``/``--key`` options, but refuses them together and speaks
     # plain TCP with either alone: it cannot serve TLS itself.)
     advertised: str | None = None
+    # Require SASL authentication (``--authentication``): Tansu then refuses clients that do
+    # not authenticate. Its users live in its storage, which is memory here and starts
+    # empty, and creating one needs an authenticated connection: so no client can succeed,
+    # and this is only good for showing that clients do authenticate (tests).
+    authentication: bool = False
+    # Tansu's log filter (RUST_LOG); default: $RUST_LOG, else "warn".
+    log_filter: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -73,8 +80,11 @@ class EmbeddedBroker:
         advertised = f"tcp://{self.advertised}" if self.advertised else address
         cmd = [broker_binary(), "broker", "--listener-url", address,
                "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"]
+        if self.authentication:
+            cmd.append("--authentication")
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        env = {**os.environ,
+               "RUST_LOG": self.log_filter or os.environ.get("RUST_LOG", "warn")}
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True)
         if out is not subprocess.DEVNULL:

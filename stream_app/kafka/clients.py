@@ -85,14 +85,44 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     ]
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]:
-    """Create missing topics; return each topic's partition count as the cluster has it."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+class BrokerUnreachable(RuntimeError):
+    """The cluster did not answer at start-up; the message names the settings involved."""
 
-    admin = KafkaAdminClient(client_id=f"{settings.app_id}-admin",
-                             request_timeout_ms=int(timeout_s * 1000),
-                             **kafka_python_config(settings))
+
+def connection_summary(settings: Settings) -> str:
+    """The connection settings in use, as a user sets them (never the password)."""
+    parts = [f"SEGMENTER_BROKER_URL={settings.broker_url}",
+             f"SEGMENTER_SECURITY_PROTOCOL={settings.security_protocol.value}"]
+    if settings.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
+        parts += [f"SEGMENTER_SASL_MECHANISM={settings.sasl_mechanism.value}",
+                  f"SEGMENTER_SASL_USERNAME={settings.sasl_username}"]
+    if settings.ssl_cafile:
+        parts.append(f"SEGMENTER_SSL_CAFILE={settings.ssl_cafile}")
+    return ", ".join(parts)
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]:
+    """Create missing topics; return each topic's partition count as the cluster has it.
+
+    Raises :class:`BrokerUnreachable` when the cluster cannot be reached or refuses the
+    connection (wrong address, TLS or SASL settings): a worker fails at start-up with a
+    message that says which settings it used, rather than a client library's traceback.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(client_id=f"{settings.app_id}-admin",
+                                 request_timeout_ms=int(timeout_s * 1000),
+                                 **kafka_python_config(settings))
+    except (KafkaError, OSError) as exc:
+        secure = settings.security_protocol != SecurityProtocol.PLAINTEXT
+        hint = ("the broker is not running there, or refused the TLS/SASL settings "
+                "(a wrong mechanism, user or password, or an untrusted certificate)"
+                if secure else "no Kafka broker answers there")
+        raise BrokerUnreachable(
+            f"cannot connect to the Kafka cluster ({connection_summary(settings)}): "
+            f"{type(exc).__name__}; {hint}") from exc
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(name, partitions, settings.replication_factor, topic_configs=conf)

@@ -23,7 +23,12 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from stream_app.config import Settings, load_settings
 from stream_app.events.models import SegmentChange
-from stream_app.kafka.clients import aiokafka_config, faust_credentials, kafka_python_config
+from stream_app.kafka.clients import (
+    aiokafka_config,
+    connection_summary,
+    faust_credentials,
+    kafka_python_config,
+)
 from stream_app.processing import Message, Step
 from stream_app.segmentation.registry import build_segmentations
 
@@ -95,6 +100,19 @@ def test_sasl_maps_to_faust_and_kafka_python_credentials(protocol: str, mechanis
         assert conf["security_protocol"] == protocol and conf["sasl_mechanism"] == mechanism
         assert (conf["sasl_plain_username"], conf["sasl_plain_password"]) == ("segmenter", SECRET)
         assert ("ssl_context" in conf) == (protocol == "SASL_SSL")
+
+
+def test_the_connection_summary_names_the_settings_but_never_the_password() -> None:
+    s = load_settings(broker_url="kafka://k1:9093", security_protocol="SASL_SSL",
+                      sasl_mechanism="SCRAM-SHA-256", sasl_username="segmenter",
+                      sasl_password=SECRET)
+    text = connection_summary(s)
+    assert text == ("SEGMENTER_BROKER_URL=kafka://k1:9093, SEGMENTER_SECURITY_PROTOCOL=SASL_SSL, "
+                    "SEGMENTER_SASL_MECHANISM=SCRAM-SHA-256, SEGMENTER_SASL_USERNAME=segmenter")
+    assert SECRET not in text
+    plain = load_settings(broker_url="kafka://k1:9092", security_protocol="PLAINTEXT")
+    assert connection_summary(plain) == (
+        "SEGMENTER_BROKER_URL=kafka://k1:9092, SEGMENTER_SECURITY_PROTOCOL=PLAINTEXT")
 
 
 def test_the_worker_app_is_built_with_the_credentials(tmp_path: Path) -> None:
