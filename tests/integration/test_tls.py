@@ -3,8 +3,7 @@
 
 Tansu 0.6 cannot serve TLS itself, so a TLS-terminating proxy (:class:`tls.TlsProxy`) stands
 in front of it and the broker advertises the proxy's address: clients reach the broker only
-through TLS, verified against a self-signed CA made for the test. SASL cannot be tested here
-(Tansu has no SASL listener); its settings are unit-tested (tests/unit/test_security.py).
+through TLS, verified against a self-signed CA made for the test. SASL: see test_sasl.py.
 """
 
 from __future__ import annotations
