@@ -356,7 +356,10 @@ class Runtime:
         owned = set(assigned)
         sizes: dict[int, dict[str, Counter[str]]] = {p: {} for p in owned}
         n = self.settings.partitions
-        for cid, state in list(self.customers.items()):
+        # Streamed, never materialised: a list of every decoded state cost ~2.4 KB of RSS per
+        # customer at its peak (segmenter bench, rss phase). No await in the loop, so the
+        # table cannot change under it.
+        for cid, state in self.customers.items():
             if state is None:
                 continue
             p = partition_for(cid, n)
@@ -377,7 +380,10 @@ class Runtime:
 
         n = self.settings.partitions
         owned = set(self._assigned())
-        keys = [cid for cid, st in list(self.customers.items()) if st is not None]
+        # Keys only: the states are read one at a time below. Reading them all up front
+        # decoded every customer at once, and that peak stayed in the worker's RSS (~3 KB per
+        # customer with the rocksdb store; segmenter bench, rss phase).
+        keys = list(self.customers.keys())
         wall = time.time()
         for start in range(0, len(keys), 2000):
             by_partition: dict[int, list[Change]] = defaultdict(list)
