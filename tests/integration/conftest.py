@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -25,6 +27,20 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream_app.kafka.broker import EmbeddedBroker, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def kafka_request_answered(host: str, port: int, api_key: int, body: bytes = b"") -> bool:
+    """Does a raw Kafka request (version 0, no TLS, no SASL) get an answer, or is the
+    connection dropped? ``body`` follows the request header."""
+    client_id, correlation = b"raw-probe", 7
+    frame = struct.pack(">hhih", api_key, 0, correlation, len(client_id)) + client_id + body
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(struct.pack(">i", len(frame)) + frame)
+        try:
+            head = sock.recv(8)
+        except (ConnectionError, TimeoutError):
+            return False
+    return len(head) == 8 and struct.unpack(">ii", head)[1] == correlation
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ TLS test's worker (``stream_app/kafka/clients.py``; mapping unit-tested in test_
 from __future__ import annotations
 
 import re
-import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -29,6 +28,8 @@ from typing import Any
 import pytest
 
 from stream_app.kafka.broker import EmbeddedBroker
+
+from .conftest import kafka_request_answered
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +45,8 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 
 
 def metadata_answered(host: str, port: int) -> bool:
-    """Does a Metadata request (v0, all topics) without authentication get an answer?"""
-    client_id = b"no-sasl"
-    body = struct.pack(">hhih", 3, 0, 7, len(client_id)) + client_id + struct.pack(">i", 0)
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(struct.pack(">i", len(body)) + body)
-        try:
-            head = sock.recv(8)
-        except (ConnectionError, TimeoutError):
-            return False
-    return len(head) == 8 and struct.unpack(">ii", head)[1] == 7  # our correlation id
+    """Does a Metadata request (all topics) without authentication get an answer?"""
+    return kafka_request_answered(host, port, 3, struct.pack(">i", 0))
 
 
 def broker_log(broker: EmbeddedBroker) -> str:

@@ -8,9 +8,7 @@ through TLS, verified against a self-signed CA made for the test. SASL: see test
 
 from __future__ import annotations
 
-import socket
 import ssl
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream_app.kafka.broker import EmbeddedBroker, free_port
 
-from .conftest import wait_for
+from .conftest import kafka_request_answered, wait_for
 from .tls import TlsProxy, self_signed
 
 pytestmark = pytest.mark.integration
@@ -49,15 +47,7 @@ class TlsBroker:
 
 def api_versions_answered(host: str, port: int) -> bool:
     """Does a plaintext Kafka ApiVersions request get an answer?"""
-    client_id = b"plain"
-    body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(struct.pack(">i", len(body)) + body)
-        try:
-            head = sock.recv(8)
-        except (ConnectionError, TimeoutError):
-            return False
-    return len(head) == 8 and struct.unpack(">ii", head)[1] == 1  # our correlation id
+    return kafka_request_answered(host, port, 18)
 
 
 @pytest.fixture
