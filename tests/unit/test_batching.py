@@ -107,6 +107,27 @@ def test_back_pressure_and_clear_by_flow_control() -> None:
     assert app.consumer.tracked == [0, 1, 2] and app.consumer.acked == []
 
 
+def recording_sink(app: FakeApp) -> tuple[BatchSink, list[int]]:
+    """A sink whose handler records the offsets it was handed."""
+    handled: list[int] = []
+
+    async def handler(batch: list[Message]) -> None:
+        handled.extend(m.offset for m in batch)
+
+    return sink_for(app, handler), handled
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def stop(app: FakeApp, sink: BatchSink, task: asyncio.Task[None]) -> None:
+    app.should_stop = True
+    sink.put(msg(99, generation=0))  # wakes the loop; stale, so never handled
+    await asyncio.wait_for(task, 1)
+
+
 async def test_run_acks_after_the_handler_returned() -> None:
     app = FakeApp()
     seen: list[list[int]] = []
@@ -123,9 +144,7 @@ async def test_run_acks_after_the_handler_returned() -> None:
         sink.put(msg(i))
     for _ in range(20):
         await asyncio.sleep(0)
-    app.should_stop = True
-    sink.put(msg(99, generation=0))  # wakes the loop; stale, so never handled
-    await asyncio.wait_for(task, 1)
+    await stop(app, sink, task)
     assert seen == [[0, 1], [2, 3], [4]]
     assert app.consumer.acked == app.sensors.out == [0, 1, 2, 3, 4]
     # Faust's livelock check sees the partition being processed
@@ -134,28 +153,19 @@ async def test_run_acks_after_the_handler_returned() -> None:
 
 async def test_nothing_is_taken_while_the_flow_is_suspended() -> None:
     app = FakeApp()
-    handled: list[int] = []
-
-    async def handler(batch: list[Message]) -> None:
-        handled.extend(m.offset for m in batch)
-
-    sink = sink_for(app, handler)
+    sink, handled = recording_sink(app)
     sink.put(msg(0))
     app.flow_control.suspend()  # a rebalance: Faust suspends, then clears
     app.flow_control.clear()
     task = asyncio.create_task(sink.run())
     assert not sink.put(msg(1))  # refused while suspended: fetched again later
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await settle()
     assert handled == [] and sink.buffer == []
     app.flow_control.resume()
     sink.put(msg(2))
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await settle()
     assert handled == [2]
-    app.should_stop = True
-    sink.put(msg(3, generation=0))
-    await asyncio.wait_for(task, 1)
+    await stop(app, sink, task)
 
 
 async def test_resuming_the_flow_keeps_what_the_current_assignment_delivered() -> None:
@@ -163,23 +173,15 @@ async def test_resuming_the_flow_keeps_what_the_current_assignment_delivered() -
     # stream partitions to their committed offsets; what the consumer handed on during the
     # seek is not fetched again, so it must survive the resume.
     app = FakeApp()
-    handled: list[int] = []
-
-    async def handler(batch: list[Message]) -> None:
-        handled.extend(m.offset for m in batch)
-
-    sink = sink_for(app, handler)
+    sink, handled = recording_sink(app)
     sink.put(msg(0))
     sink.put(msg(1))
     app.flow_control.resume()
     assert [m.offset for m in sink.buffer] == [0, 1]
     task = asyncio.create_task(sink.run())
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await settle()
     assert handled == [0, 1]
-    app.should_stop = True
-    sink.put(msg(2, generation=0))
-    await asyncio.wait_for(task, 1)
+    await stop(app, sink, task)
 
 
 async def test_a_failing_handler_crashes_the_app_without_acking() -> None:
