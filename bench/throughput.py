@@ -623,11 +623,14 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
     """Produce at ``rate`` into a running worker; time input record -> segment change."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+    from stream_app.kafka.routing import partition_for
+
     args = ctx.args
-    run_dir = ctx.workdir / "latency"
+    run_dir = ctx.workdir / f"latency-{rate:.0f}"
     run_dir.mkdir(parents=True, exist_ok=True)
     records, marks = ctx.workload.records, ctx.workload.marks
     with EmbeddedBroker(log_path=run_dir / "broker.log") as broker:
+        broker_ps = psutil.Process(broker.pid) if broker.pid else None
         env = settings_env(broker.bootstrap, f"bench-{uuid.uuid4().hex[:6]}", args.partitions,
                            run_dir / "data", **dict(args.setting))
         settings = load_settings_from(env)
@@ -644,7 +647,9 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
             await consumer.start()
             await producer.start()
             sent: dict[tuple[str, int], float] = {}
-            arrivals: dict[tuple[str, int], tuple[float, float]] = {}
+            # (customer id, occurred_at as the worker wrote it) -> first arrival, record time;
+            # parsed into event times after the run, not on these shared cores meanwhile
+            seen: dict[tuple[str, str], tuple[float, float]] = {}
             try:
                 tps = [TopicPartition(settings.changes_topic, p)
                        for p in range(args.partitions)]
@@ -659,32 +664,56 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
                         for recs in batch.values():
                             for r in recs:
                                 doc = orjson.loads(r.value)
-                                key = (doc["customer_id"], _event_ms(doc["occurred_at"]))
-                                if key not in arrivals:
-                                    arrivals[key] = (now, r.timestamp / 1000.0)
+                                key = (doc["customer_id"], doc["occurred_at"])
+                                if key not in seen:
+                                    seen[key] = (now, r.timestamp / 1000.0)
 
                 reader = asyncio.create_task(consume())
                 duration = args.latency_seconds
                 n = min(len(records), int(rate * duration))
                 started = time.time()
+                cpu_at_start = (worker.cpu(), _cpu(broker_ps), time.process_time())
                 tick = 0.005
                 i = 0
                 while i < n:
                     due = started + i / rate
                     delay = due - time.time()
                     if delay > 0:
-                        await asyncio.sleep(min(delay, tick))
+                        # a burst at most every `tick` (a client's linger): one wake-up and
+                        # one produce request per record cost the broker, on these cores,
+                        # as much CPU as the worker
+                        await asyncio.sleep(max(delay, tick))
                         continue
-                    # everything due by now, timestamped with the moment it is handed over
+                    # everything due by now, timestamped with the moment it is handed over,
+                    # one record batch per partition (as a busy client's producer sends
+                    # them; a send per record cost this driver and the broker, on the same
+                    # two cores, more CPU than the worker)
                     burst_end = min(n, int((time.time() - started) * rate) + 1)
+                    now = time.time()
+                    by_partition: dict[int, Any] = {}
                     for j in range(i, burst_end):
-                        now = time.time()
                         key, value = records[j]
-                        await producer.send(settings.input_topic, value, key=key,
-                                            timestamp_ms=int(now * 1000))
+                        part = partition_for(key.decode(), args.partitions)
+                        batch = by_partition.get(part)
+                        if batch is None:
+                            batch = by_partition[part] = producer.create_batch()
+                        if batch.append(key=key, value=value,
+                                        timestamp=int(now * 1000)) is None:
+                            await producer.send_batch(batch, settings.input_topic,
+                                                      partition=part)
+                            batch = by_partition[part] = producer.create_batch()
+                            batch.append(key=key, value=value, timestamp=int(now * 1000))
                         sent.setdefault(marks[j], now)
+                    for part, batch in by_partition.items():
+                        await producer.send_batch(batch, settings.input_topic, partition=part)
                     i = burst_end
                 await producer.flush()
+                produced_for = time.time() - started
+                # CPU while producing: what the worker, the broker and this driver (producer
+                # and change consumer) took of the machine's cores
+                shares = [round((now - then) / produced_for, 2) for now, then in zip(
+                    (worker.cpu(), _cpu(broker_ps), time.process_time()), cpu_at_start,
+                    strict=True)]
                 await asyncio.sleep(3.0)  # trailing changes
                 stop.set()
                 await reader
@@ -694,6 +723,9 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
                 await consumer.stop()
         finally:
             worker.stop()
+    arrivals: dict[tuple[str, int], tuple[float, float]] = {}
+    for (cid, occurred), first in seen.items():
+        arrivals.setdefault((cid, _event_ms(occurred)), first)
     warm = started + min(3.0, duration / 4)
     lat_arrival = sorted((arrivals[k][0] - t) * 1000 for k, t in sent.items()
                          if k in arrivals and t >= warm)
@@ -701,11 +733,14 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
                         if k in arrivals and t >= warm)
     out = {"rate_ev_s": round(rate), "events": n, "seconds": duration,
            "with_change": len(lat_arrival), "worker_cpu_s": round(cpu, 1),
+           "cpu_cores": dict(zip(("worker", "broker", "driver"), shares, strict=True)),
            "arrival_ms": _percentiles(lat_arrival), "record_ts_ms": _percentiles(lat_record)}
     p = out["arrival_ms"]
+    c = out["cpu_cores"]
     print(f"  latency at {rate:,.0f} ev/s: p50 {p.get('p50', 0):.1f} ms, p99 "
           f"{p.get('p99', 0):.1f} ms, max {p.get('max', 0):.1f} ms ({len(lat_arrival)} events "
-          "with a change)", flush=True)
+          f"with a change); cores busy: worker {c['worker']}, broker {c['broker']}, driver "
+          f"{c['driver']}", flush=True)
     return out
 
 
@@ -986,6 +1021,21 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{a.get('p99')} ms | {a.get('max')} ms |",
                   f"| change record timestamp | {b.get('p50')} ms | {b.get('p90')} ms | "
                   f"{b.get('p99')} ms | {b.get('max')} ms |"]
+        c = lat.get("cpu_cores")
+        if c:
+            lines += ["", f"Cores busy while producing: worker {c['worker']}, broker "
+                      f"{c['broker']}, driver (producer and change consumer) {c['driver']}."]
+    curve = r.get("latency_curve")
+    if curve:
+        lines += ["", "Latency against the input rate (each a fresh broker and worker; cores "
+                  "busy while producing, of the machine's "
+                  f"{m['cores']}):", "",
+                  "| input ev/s | p50 | p99 | max | worker cores | broker cores | driver cores |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for d in curve:
+            a, c = d["arrival_ms"], d["cpu_cores"]
+            lines.append(f"| {d['rate_ev_s']:,} | {a.get('p50')} ms | {a.get('p99')} ms | "
+                         f"{a.get('max')} ms | {c['worker']} | {c['broker']} | {c['driver']} |")
     store = r.get("store")
     if store and store.get("customers"):
         lines += ["", f"State in the store (customers changelog, last value per key, "
@@ -1020,6 +1070,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-rate", type=float, default=0.0,
                     help="events/s for the latency phase (default: half worker1's throughput)")
+    ap.add_argument("--latency-also", default="",
+                    help="comma-separated further rates (ev/s) for the latency phase: a curve")
     ap.add_argument("--rss-customers", type=int, default=100_000)
     ap.add_argument("--rss-events-per-customer", type=int, default=3)
     ap.add_argument("--set", dest="setting", action="append", default=[],
@@ -1064,6 +1116,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if not rate:
                 raise SystemExit("--latency-rate is needed without the worker1 phase")
             results["latency"] = await latency_phase(ctx, rate)
+            if args.latency_also:
+                results["latency_curve"] = sorted(
+                    [results["latency"]] + [await latency_phase(ctx, float(r))
+                                            for r in args.latency_also.split(",") if r.strip()],
+                    key=lambda d: d["rate_ev_s"])
         if "rss" in phases:
             results["rss"] = await rss_phase(ctx)
     except BaseException:

@@ -42,6 +42,7 @@ class ClusterModel(StrEnum):
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
 class Settings(BaseSettings):
@@ -84,7 +85,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: Path.cwd() / "segmenter-data")
     store: StoreKind = StoreKind.memory
     batch_size: PositiveInt = Field(2000, le=100_000)
-    batch_within: PositiveFloat = Field(0.05, le=10)
+    batch_within: NonNegativeFloat = Field(0.0, le=10)
     rebalance_timeout: PositiveFloat = 5.0
     session_timeout: PositiveFloat = 6.0
     shutdown_timeout: PositiveFloat = Field(8.0, le=60)

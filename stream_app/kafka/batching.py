@@ -15,6 +15,12 @@ whatever has arrived to the batch handler. What a Faust stream guarantees is kep
   dropped unhandled and unacked (they are fetched again from the committed offset);
 - back pressure: the consumer stops delivering while ``max_buffered`` messages wait.
 
+A handler may return an awaitable, the batch's *settlement* (the worker's: its state writes
+confirmed by the broker). The batch is acked when it settles, and the next batch is handled
+meanwhile: the wait for the broker overlaps with the next batch's work instead of adding to
+every batch's time. At most one batch is settling; batches are acked in order, and a failed
+settlement stops the worker as a failed handler does.
+
 :class:`OutputBatcher` does the same for output records: one record batch per topic
 partition (aiokafka ``create_batch``/``send_batch``) instead of an ``await`` per record.
 """
@@ -34,7 +40,7 @@ from . import routing
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[list[Message]], Awaitable[None]]
+Handler = Callable[[list[Message]], Awaitable["Awaitable[Any] | None"]]
 
 
 class BatchSink:
@@ -57,6 +63,7 @@ class BatchSink:
         self._room.set()
         self.batches = 0
         self.dropped_stale = 0
+        self._settling: asyncio.Future[None] | None = None  # the batch being acked
         # Faust empties the queues it manages when a rebalance suspends the flow.
         app.flow_control.manage_queue(self)
         self._flow_active = app.flow_control.is_active
@@ -128,39 +135,73 @@ class BatchSink:
         """Hand batches to the handler until the app stops (an app task)."""
         app = self.app
         flow = app.flow_control
-        consumer = app.consumer
-        monitor, sensors = app.monitor, app.sensors
-        while not app.should_stop:
-            await self._arrived.wait()
-            if not flow.is_active():
-                await flow.acquire()  # rebalancing: the buffer is cleared meanwhile
-                continue
-            if self.within > 0 and not self._filled.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._filled.wait(), self.within)
-                if not flow.is_active():
+        monitor = app.monitor
+        try:
+            while not app.should_stop:
+                if not self._arrived.is_set() and self._settling is not None:
+                    # nothing new yet: ack the batch in flight now rather than later
+                    if not await self.settled():
+                        return
                     continue
-            batch = self.take()
-            if not batch:
-                continue
-            # Faust's livelock check reads when a stream last took an event from a partition
-            # (Stream._c_aiter sets it); without it, it logs "Stream has not started
-            # processing" for every busy partition after stream_processing_timeout.
-            inbound = monotonic()
-            for tp in {m.tp for m in batch}:
-                monitor.stream_inbound_time[tp] = inbound
-            try:
-                await self.handler(batch)
-            except Exception as exc:  # the step never raises on input: this is a bug
-                log.exception("batch handler failed; stopping the worker")
-                await app.crash(exc)
-                return
-            ack, message_out = consumer.ack, sensors.on_message_out
-            for m in batch:
-                if ack(m):
-                    message_out(m.tp, m.offset, m)
-            self.batches += 1
-            await asyncio.sleep(0)  # let the consumer deliver what it fetched meanwhile
+                await self._arrived.wait()
+                if not flow.is_active():
+                    if not await self.settled():
+                        return
+                    await flow.acquire()  # rebalancing: the buffer is cleared meanwhile
+                    continue
+                if self.within > 0 and not self._filled.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._filled.wait(), self.within)
+                    if not flow.is_active():
+                        continue
+                batch = self.take()
+                if not batch:
+                    continue
+                # Faust's livelock check reads when a stream last took an event from a
+                # partition (Stream._c_aiter sets it); without it, it logs "Stream has not
+                # started processing" for every busy partition after stream_processing_timeout.
+                inbound = monotonic()
+                for tp in {m.tp for m in batch}:
+                    monitor.stream_inbound_time[tp] = inbound
+                try:
+                    settlement = await self.handler(batch)
+                except Exception as exc:  # the step never raises on input: this is a bug
+                    log.exception("batch handler failed; stopping the worker")
+                    await app.crash(exc)
+                    return
+                if not await self.settled():  # the previous batch first: acks stay in order
+                    return
+                self._settling = asyncio.ensure_future(self._settle(batch, settlement))
+                await asyncio.sleep(0)  # let the consumer deliver what it fetched meanwhile
+        finally:
+            await self.settled()
+
+    async def _settle(self, batch: list[Message], settlement: Awaitable[Any] | None) -> None:
+        if settlement is not None:
+            await settlement
+        ack, message_out = self.app.consumer.ack, self.app.sensors.on_message_out
+        for m in batch:
+            if ack(m):
+                message_out(m.tp, m.offset, m)
+        self.batches += 1
+
+    async def settled(self) -> bool:
+        """Wait until the batch in flight is acked; False if its settlement failed (then
+        the app is crashed, and its messages stay unacked: they are consumed again)."""
+        settling, self._settling = self._settling, None
+        if settling is None:
+            return True
+        try:
+            await asyncio.shield(settling)
+        except asyncio.CancelledError:
+            if not settling.done():
+                self._settling = settling  # still ours to wait for
+            raise
+        except Exception as exc:
+            log.exception("a batch's state writes failed; stopping the worker")
+            await self.app.crash(exc)
+            return False
+        return True
 
 
 class OutputBatcher:
@@ -217,3 +258,25 @@ class OutputBatcher:
             await producer.send_batch(batch, topic, partition=partition)
         self.records.clear()
         self.count = 0
+
+
+async def flush_now(producer: Any) -> None:
+    """``producer.flush()`` (an ``AIOKafkaProducer``) without waiting out ``linger_ms``.
+
+    aiokafka's flush waits for every queued batch, and a batch is sent when its linger time
+    has passed: a flush costs the linger on top of the round trip. The worker flushes at the
+    end of every batch, when nothing more is coming, so it closes the open batches and wakes
+    the sender first, as aiokafka does before a transaction commit
+    (``MessageAccumulator.flush_for_commit``). Appends after this go to new batches."""
+    acc = getattr(producer, "_message_accumulator", None)
+    batches = getattr(acc, "_batches", None)
+    waiter = getattr(acc, "_waiter_future", None)
+    if batches is None or waiter is None:  # another aiokafka version: the plain flush
+        await producer.flush()
+        return
+    for queued in batches.values():
+        for batch in queued:
+            batch._builder.close()
+    if not waiter.done():
+        waiter.set_result(None)
+    await producer.flush()

@@ -33,8 +33,8 @@ class ConfirmedTable(faust.Table):  # type: ignore[type-arg]
         self._unconfirmed.append(fut)
         return fut
 
-    async def confirm(self) -> None:
-        """Wait until the broker has every changelog write made so far (raises if one failed)."""
+    def confirm(self) -> asyncio.Future[Any]:
+        """Every changelog write made so far, as one awaitable: done when the broker has them
+        all (raises if one failed). Writes made after this call are not part of it."""
         pending, self._unconfirmed = self._unconfirmed, []
-        if pending:
-            await asyncio.gather(*pending)
+        return asyncio.gather(*pending)

@@ -196,6 +196,78 @@ async def test_a_failing_handler_crashes_the_app_without_acking() -> None:
     assert isinstance(app.crashed, RuntimeError) and app.consumer.acked == []
 
 
+async def test_a_batch_is_acked_when_it_settles_and_the_next_one_is_handled_meanwhile() -> None:
+    # The worker's handler returns when a batch's outputs are on the broker; its state writes
+    # settle later. The next batch must not wait for that, and nothing is acked before it.
+    app = FakeApp()
+    settlements: list[asyncio.Future[None]] = []
+    handled: list[list[int]] = []
+
+    async def handler(batch: list[Message]) -> asyncio.Future[None]:
+        handled.append([m.offset for m in batch])
+        settlements.append(asyncio.get_running_loop().create_future())
+        return settlements[-1]
+
+    sink = sink_for(app, handler, max_batch=2)
+    task = asyncio.create_task(sink.run())
+    for i in range(4):
+        sink.put(msg(i))
+    await settle()
+    # the second batch was handled while the first was settling: nothing acked yet
+    assert handled == [[0, 1], [2, 3]] and app.consumer.acked == []
+    sink.put(msg(4))
+    await settle()
+    assert handled == [[0, 1], [2, 3]]  # at most one batch settles while another is handled
+    settlements[1].set_result(None)  # out of order: the first is still not settled
+    await settle()
+    assert app.consumer.acked == []
+    settlements[0].set_result(None)
+    await settle()
+    assert app.consumer.acked == [0, 1, 2, 3] and handled == [[0, 1], [2, 3], [4]]
+    settlements[2].set_result(None)  # nothing else arrives: acked without waiting for more
+    await settle()
+    assert app.consumer.acked == app.sensors.out == [0, 1, 2, 3, 4]
+    await stop(app, sink, task)
+
+
+async def test_a_failed_settlement_crashes_the_app_and_acks_nothing_of_it() -> None:
+    app = FakeApp()
+
+    async def handler(batch: list[Message]) -> asyncio.Future[None]:
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(OSError("changelog write refused"))
+        return failed
+
+    sink = sink_for(app, handler)
+    sink.put(msg(0))
+    await asyncio.wait_for(sink.run(), 1)
+    assert isinstance(app.crashed, OSError) and app.consumer.acked == []
+
+
+async def test_a_rebalance_waits_for_the_settling_batch() -> None:
+    app = FakeApp()
+    settlement: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def handler(batch: list[Message]) -> asyncio.Future[None]:
+        return settlement
+
+    sink = sink_for(app, handler)
+    task = asyncio.create_task(sink.run())
+    sink.put(msg(0))
+    await settle()
+    sink.put(msg(1))
+    app.flow_control.suspend()  # Faust waits for unacked messages before committing
+    await settle()
+    assert app.consumer.acked == []
+    settlement.set_result(None)
+    await settle()
+    assert app.consumer.acked == [0]
+    app.flow_control.resume()
+    app.should_stop = True
+    sink.put(msg(9, generation=0))
+    await asyncio.wait_for(task, 1)
+
+
 # --- output batches -------------------------------------------------------------------------
 
 class FakeBatch:

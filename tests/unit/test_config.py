@@ -66,7 +66,7 @@ def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     ("SEGMENTER_LOG_LEVEL", "verbose"),
     ("SEGMENTER_STORE", "redis"),
     ("SEGMENTER_SECURITY_PROTOCOL", "TLS"),
-    ("SEGMENTER_BATCH_WITHIN", "0"),
+    ("SEGMENTER_BATCH_WITHIN", "-1"),
     ("SEGMENTER_CLUSTER_MODEL", "gmm"),
 ])
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, var: str,

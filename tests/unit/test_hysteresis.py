@@ -200,3 +200,34 @@ def test_settings_are_validated() -> None:
         Hysteresis(margin=1.0)
     with pytest.raises(ValueError):
         Hysteresis(confirmations=0)
+
+
+def test_one_customer_scored_in_python_as_numpy_scores_a_batch() -> None:
+    """The worker scores one customer at a time in plain Python; a batch goes through numpy.
+    Same transforms, scaling and distances, on a model with a real scaling and seven centres,
+    for customers anywhere in the feature space (negative inputs clip, as in numpy)."""
+    rng = np.random.default_rng(7)
+    names = ("tenure_days", "recency_days", "orders", "orders_per_month", "revenue",
+             "avg_order_value", "product_views", "cart_adds", "engagement_recent",
+             "email_opens")
+
+    def random_feats() -> dict[str, Any]:
+        f = {k: float(rng.choice([0.0, -1.0, rng.lognormal(2, 2)])) for k in names}
+        f["email_click_rate"] = float(rng.uniform(0, 1))
+        return f
+
+    centres = {f"s{i}": random_feats() for i in range(7)}
+    snap = snapshot(segments=centres)
+    snap["scaling"] = {"mean": rng.normal(1, 1, len(FEATURES)).tolist(),
+                       "std": rng.uniform(0.2, 3, len(FEATURES)).tolist()}
+    seg = BehaviorSegmentation(min_learned=1000)
+    assert seg.load(snap)
+    batch = [random_feats() for _ in range(300)]
+    scores = seg.score_many(batch)
+    assert scores is not None
+    one = np.array([seg.distances(f) for f in batch])
+    np.testing.assert_allclose(one, scores.distances, rtol=1e-9, atol=1e-9)
+    states = [CustomerState(f"c{i}") for i in range(len(batch))]
+    many = seg.evaluate_many(states, batch, 0.0, [None] * len(batch))
+    assert [d.segment for d in many] == [seg.evaluate(s, f, 0.0, None).segment
+                                         for s, f in zip(states, batch, strict=True)]
