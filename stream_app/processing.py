@@ -15,7 +15,7 @@ Semantics:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ from .events import interaction as ix
 from .events.interaction import Interaction
 from .events.parse import Limits, Rejection, decode
 from .kafka import routing
-from .segmentation.base import Segmentation, change_id
+from .segmentation.base import Decision, Segmentation, change_id
 from .state import codec
 from .state.customer import (
     CustomerState,
@@ -79,6 +79,25 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+Decide = Callable[[CustomerState, dict[str, Any], float, Any, bool], Decision | None]
+
+
+def _deciders(segmentations: Sequence[Segmentation]) -> list[tuple[str, Decide]]:
+    """(name, decide) per segmentation. ``decide(state, feats, now, aux, traits_changed)``
+    is the segmentation's own when it has one: it returns None when evaluating would change
+    neither the segment nor ``aux``, and can tell that cheaply (both kinds shipped here do).
+    Otherwise it is ``evaluate``, always building a :class:`Decision`."""
+    out: list[tuple[str, Decide]] = []
+    for seg in segmentations:
+        decide = getattr(seg, "decide", None)
+        if decide is None:
+            def decide(state: CustomerState, feats: dict[str, Any], now: float, aux: Any,
+                       traits_changed: bool, _evaluate: Any = seg.evaluate) -> Decision:
+                return _evaluate(state, feats, now, aux)  # type: ignore[no-any-return]
+        out.append((seg.name, decide))
+    return out
+
+
 class Step:
     """Holds configuration and segmentations; :meth:`run` processes one partition's batch."""
 
@@ -90,6 +109,7 @@ class Step:
         self.routed_topic = routed_topic
         self.partitions = partitions
         self.segmentations = list(segmentations)
+        self._deciders = _deciders(self.segmentations)
         self.limits = limits
         self.cfg = state_config
         # Training samples for the clustering: at most one per customer per this much event
@@ -118,7 +138,7 @@ class Step:
 
         When ``samples`` is given and the customer is due, its features are added to it for
         the clustering trainer. ``traits_changed=False`` promises that the traits are those of
-        the last evaluation (see ``unchanged`` below).
+        the last evaluation (see :func:`_deciders`).
         """
         feats = features(state, now, self.cfg)
         if samples is not None and self.sample_every_s is not None:
@@ -127,19 +147,16 @@ class Step:
                 state.segment_aux[SAMPLED_AT] = now
                 samples.append(feats)
         aux_of = state.segment_aux
-        for seg in self.segmentations if segmentations is None else segmentations:
-            name = seg.name
-            aux = aux_of.get(name)
-            # A segmentation may tell cheaply that evaluating would change nothing (the rule
-            # segmentations do); then no Decision is built. That is the common case.
-            unchanged = getattr(seg, "unchanged", None)
-            if unchanged is not None and unchanged(state, feats, now, aux, traits_changed):
+        for name, decide in (self._deciders if segmentations is None
+                             else _deciders(segmentations)):
+            # None: evaluating would change nothing (the common case): no Decision built
+            decision = decide(state, feats, now, aux_of.get(name), traits_changed)
+            if decision is None:
                 continue
-            decision = seg.evaluate(state, feats, now, aux)
             if decision.aux is None:
-                state.segment_aux.pop(name, None)
+                aux_of.pop(name, None)
             else:
-                state.segment_aux[name] = decision.aux
+                aux_of[name] = decision.aux
             previous = state.segments.get(name)
             if decision.segment == previous:
                 continue

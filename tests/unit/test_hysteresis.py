@@ -231,3 +231,37 @@ def test_one_customer_scored_in_python_as_numpy_scores_a_batch() -> None:
     many = seg.evaluate_many(states, batch, 0.0, [None] * len(batch))
     assert [d.segment for d in many] == [seg.evaluate(s, f, 0.0, None).segment
                                          for s, f in zip(states, batch, strict=True)]
+
+
+@pytest.mark.parametrize("hysteresis", [Hysteresis(), Hysteresis(margin=0.0, confirmations=1),
+                                        Hysteresis(margin=0.3, confirmations=3)])
+def test_decide_is_evaluate_without_the_decisions_that_change_nothing(
+        hysteresis: Hysteresis) -> None:
+    """The worker calls ``decide`` after every event: None exactly when ``evaluate`` would
+    keep the segment and leave ``aux`` empty, else the very Decision ``evaluate`` returns.
+    Walked along the b1 -> b2 axis and back, so customers stay, wait for confirmation,
+    move and fall back."""
+    seg = BehaviorSegmentation(hysteresis, min_learned=1000)
+    assert seg.load(snapshot())
+    customer = Customer(seg)
+    positions = [0.5, 1.9, 2.1, 1.9, 2.3, 2.6, 3.5, 1.5, 2.05, 1.0, 0.0, 4.0, 4.0, 2.2, 1.8]
+    saw_none = saw_decision = 0
+    for pos in positions * 3:
+        f = views_at(pos)
+        decided = seg.decide(customer.state, f, 0.0, customer.aux)
+        before = (customer.state.segments.get(seg.name), customer.aux)
+        evaluated = customer.see(f)
+        if decided is None:
+            saw_none += 1
+            assert (evaluated.segment, evaluated.aux) == before
+        else:
+            saw_decision += 1
+            assert decided == evaluated
+    assert saw_none and saw_decision
+    # warming up, and without a model: always a Decision, as evaluate
+    cold = BehaviorSegmentation(hysteresis, min_learned=10_000)
+    assert cold.decide(CustomerState("c"), views_at(1.0), 0.0, None) == cold.evaluate(
+        CustomerState("c"), views_at(1.0), 0.0, None)
+    assert cold.load(snapshot())
+    assert cold.decide(CustomerState("c"), views_at(1.0), 0.0, None) == cold.evaluate(
+        CustomerState("c"), views_at(1.0), 0.0, None)

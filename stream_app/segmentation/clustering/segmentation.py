@@ -131,17 +131,11 @@ class BehaviorSegmentation:
         m = self._model
         if m is None:
             return None
-        log1p, sqrt = math.log1p, math.sqrt
-        clipped = [v if v > 0.0 else 0.0 for v in original(feats)]
-        z = [((log1p(v) if logged else v) - mean) / std
-             for v, (logged, mean, std) in zip(clipped, m.scale_rows, strict=True)]
-        out = []
-        for row in m.rows:
-            d2 = 0.0
-            for a, b in zip(z, row, strict=True):
-                d2 += (a - b) * (a - b)
-            out.append(sqrt(d2))
-        return out
+        log1p, dist = math.log1p, math.dist
+        # negative inputs clip to 0, which both transforms keep at 0
+        z = [((log1p(v) if logged else v) - mean) / std if v > 0.0 else -mean / std
+             for v, (logged, mean, std) in zip(original(feats), m.scale_rows, strict=True)]
+        return [dist(z, row) for row in m.rows]
 
     def evaluate(self, state: CustomerState, feats: dict[str, Any], now: float,
                  aux: Any) -> Decision:
@@ -150,8 +144,27 @@ class BehaviorSegmentation:
             return self.evaluate_many([state], [feats], now, [aux])[0]
         dist = self.distances(feats)
         assert dist is not None
-        best = min(range(len(dist)), key=dist.__getitem__)  # the first of equals, as argmin
+        best = dist.index(min(dist))  # the first of equals, as argmin
         return self._decide(m, state.segments.get(self.name), dist, best, aux)
+
+    def decide(self, state: CustomerState, feats: dict[str, Any], now: float, aux: Any,
+               traits_changed: bool = True) -> Decision | None:
+        """:meth:`evaluate`, or None when it would keep the segment and ``aux`` as they are.
+
+        The worker's call after every applied event: most events move no one, and the
+        explanation a :class:`Decision` carries costs more than the scoring."""
+        m = self._model
+        if m is None or m.n_learned < self.min_learned:
+            return self.evaluate_many([state], [feats], now, [aux])[0]
+        dist = self.distances(feats)
+        assert dist is not None
+        best = dist.index(min(dist))
+        current = state.segments.get(self.name)
+        col = m.column.get(current) if current is not None else None  # type: ignore[arg-type]
+        if (aux is None and col is not None
+                and (best == col or dist[best] >= (1.0 - self.hysteresis.margin) * dist[col])):
+            return None  # stays, nothing pending: what _decide would say, without the why
+        return self._decide(m, current, dist, best, aux)
 
     def evaluate_many(self, states: Sequence[CustomerState], feats: Sequence[Mapping[str, Any]],
                       now: float, auxes: Sequence[Any]) -> list[Decision]:

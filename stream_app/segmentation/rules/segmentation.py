@@ -75,21 +75,23 @@ class RuleSegmentation:
         i = self._first_match(state, feats, now)
         return self._ids[i] if i >= 0 else None
 
-    def unchanged(self, state: CustomerState, feats: Mapping[str, Any], now: float, aux: Any,
-                  traits_changed: bool = True) -> bool:
-        """True only when :meth:`evaluate` would keep the customer's segment and ``aux``.
+    def decide(self, state: CustomerState, feats: Mapping[str, Any], now: float, aux: Any,
+               traits_changed: bool = True) -> Decision | None:
+        """:meth:`evaluate`, or None when it would keep the customer's segment and ``aux``.
 
-        The worker's shortcut after every applied event: it builds a :class:`Decision` only
-        when this is False. ``traits_changed=False`` is the caller's promise that the traits
-        are the ones this segmentation was last evaluated on (``aux`` says under which
-        version): then a segmentation of traits alone has nothing to look at.
+        The worker's call after every applied event: the common case, nothing moves, costs
+        one generated function call and builds no :class:`Decision`. ``traits_changed=False``
+        is the caller's promise that the traits are the ones this segmentation was last
+        evaluated on (``aux`` says under which version): then a segmentation of traits alone
+        has nothing to look at.
         """
-        if type(aux) is not int or aux != self._version:
-            return False  # never evaluated under these definitions: evaluate() says more
-        if self.traits_only and not traits_changed:
-            return True
-        i = self._first_match(state, feats, now)
-        return (self._ids[i] if i >= 0 else None) == state.segments.get(self.name)
+        if type(aux) is int and aux == self._version:  # else evaluate() says more
+            if self.traits_only and not traits_changed:
+                return None
+            i = self._first_match(state, feats, now)
+            if (self._ids[i] if i >= 0 else None) == state.segments.get(self.name):
+                return None
+        return self.evaluate(state, feats, now, aux)
 
     def _decide(self, state: CustomerState, segment: str | None, name: str | None,
                 reason: str, why: dict[str, Any], aux: Any) -> Decision:
