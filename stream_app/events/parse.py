@@ -17,6 +17,8 @@ from .interaction import Interaction
 from .models import Alias, Identify, Page, Screen, SpecEvent, Track
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(SpecEvent)
+# Called directly: TypeAdapter.validate_python's Python wrapper cost ~1.4 µs of ~6 an event.
+_validate = _ADAPTER.validator.validate_python
 
 KNOWN_TYPES = frozenset({"track", "identify", "page", "screen", "alias"})
 
@@ -103,13 +105,14 @@ def _one(doc: Any, ctx: dict[str, float], fallback_ts: float, raw: bytes | None
     if not isinstance(kind, str) or kind not in KNOWN_TYPES:  # a list/dict is unhashable
         return UNKNOWN_TYPE, f"type {str(kind)[:40]!r} is not one of {sorted(KNOWN_TYPES)}"
     try:
-        event = _ADAPTER.validate_python(doc, context=ctx)
+        event = _validate(doc, context=ctx)
     except ValidationError as exc:
         return _classify(exc)
+    when = event.event_time
     message_id = event.messageId or _digest(
         raw if raw is not None else orjson.dumps(doc, option=orjson.OPT_SORT_KEYS),
-        None if event.event_time is not None else fallback_ts)
-    return normalise(event, message_id, fallback_ts)
+        None if when is not None else fallback_ts)
+    return normalise(event, message_id, when.timestamp() if when is not None else fallback_ts)
 
 
 def _digest(payload: bytes, record_ts: float | None) -> str:
@@ -154,10 +157,8 @@ def _channel(event: Any, kind: str) -> str | None:
     return None
 
 
-def normalise(event: Any, message_id: str, fallback_ts: float) -> Interaction:
-    """A validated spec event -> :class:`Interaction`."""
-    when = event.event_time
-    ts = when.timestamp() if when is not None else fallback_ts
+def normalise(event: Any, message_id: str, ts: float) -> Interaction:
+    """A validated spec event, at event time ``ts`` (epoch seconds) -> :class:`Interaction`."""
     cid = event.customer_id
     rec = Interaction(kind=ix.CUSTOM, customer_id=cid, message_id=message_id, ts=ts,
                       user_id=event.userId, anonymous_id=event.anonymousId)
