@@ -1079,6 +1079,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="worker setting for every phase, e.g. --set batch_size=4000 "
                          "(SEGMENTER_BATCH_SIZE)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per phase, seconds")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the phases' logs and data (their folder is printed)")
     ap.add_argument("--json", type=Path, help="write the raw results here")
     ap.add_argument("--markdown", type=Path, help="write the tables here")
     ap.add_argument("--role", default="driver", help=argparse.SUPPRESS)
@@ -1126,7 +1128,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     except BaseException:
         print(f"  (logs kept in {workdir})", file=sys.stderr)
         raise
-    shutil.rmtree(workdir, ignore_errors=True)
+    if args.keep:
+        print(f"  (logs kept in {workdir})", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 

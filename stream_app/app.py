@@ -11,21 +11,19 @@ import asyncio
 import gc
 import logging
 import time
-import weakref
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
-from faust.streams import _current_event
+import orjson
 
 from .config import Settings
 from .events.parse import Limits
 from .health import PROBE_INTERVAL_S, BrokerWatch
-from .kafka.batching import BatchSink, OutputBatcher, flush_now
+from .kafka.batching import BatchSink, OutputBatcher, flush_now, send_now
 from .kafka.clients import faust_credentials
-from .kafka.tables import ConfirmedTable
+from .kafka.tables import WriteBehind
 from .metrics import Metrics
 from .processing import (
     HeldWrites,
@@ -45,27 +43,6 @@ log = logging.getLogger(__name__)
 # per partition database of each table
 ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 1024**2, "max_write_buffer_number": 2,
                    "block_cache_size": 8 * 1024**2}
-
-
-class _Msg:
-    __slots__ = ("topic", "partition")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic = topic
-        self.partition = partition
-
-
-class _PartitionContext:
-    """Stands in for Faust's current event so table writes go to ``partition``.
-
-    Faust picks a table write's changelog partition (and rocksdb shard) from the current
-    event. A batch spans partitions, so each partition's writes run under its own context.
-    """
-
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = _Msg(topic, partition)
 
 
 class Runtime:
@@ -113,7 +90,6 @@ class Runtime:
             stream_buffer_maxsize=max(4096, s.batch_size * 2),
             producer_linger=0.005,
             table_standby_replicas=0,
-            Table=ConfirmedTable,  # changelog writes awaited before a batch is acked
             logging_config=None,
         )
         self.input_topic = app.topic(s.input_topic, partitions=s.partitions,
@@ -125,6 +101,11 @@ class Runtime:
                                        key_serializer="raw", value_serializer="raw")
         self.customers = self._table("customers", "customer-state")
         self.aliases = self._table("aliases", "utf8")
+        # what the worker reads and writes: the tables with the writes of batches whose
+        # outputs are not on the broker yet (kafka/tables.py)
+        self.customer_states = WriteBehind(self.customers, codec.dumps, s.routed_topic)
+        self.alias_links = WriteBehind(self.aliases, str.encode, s.routed_topic)
+        self._last_written: asyncio.Future[None] | None = None  # the newest batch's writes
         self.step = Step(
             input_topic=s.input_topic, routed_topic=s.routed_topic, partitions=s.partitions,
             segmentations=self.segmentations,
@@ -196,80 +177,97 @@ class Runtime:
     async def handle_messages(self, batch: list[Any]) -> Awaitable[Any]:
         """Process one batch of Kafka messages (any mix of partitions and topics).
 
-        Returns when the batch's segment changes are on the broker and its state is in the
-        tables; the returned awaitable completes when the state writes are on the broker too
-        (then the batch may be acked: :class:`.kafka.batching.BatchSink` handles the next
-        batch meanwhile)."""
+        Returns when the batch's outputs are handed to the producer and its state writes
+        are staged (readable by the next batch). The returned awaitable completes when the
+        state is on the broker too, after the outputs (:mod:`.kafka.tables`); then the
+        batch may be acked. :class:`.kafka.batching.BatchSink` handles the next batches
+        meanwhile."""
         started = time.perf_counter()
         groups: dict[int, list[Message]] = defaultdict(list)
         for m in batch:
             groups[m.partition].append(
                 Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
         wall = time.time()
-        held: list[tuple[int, HeldWrites, HeldWrites]] = []
+        staged: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
         async with self.state_lock:
-            out = self._outputs()
+            out = OutputBatcher()
             for partition, messages in groups.items():
-                customers, aliases = HeldWrites(self.customers), HeldWrites(self.aliases)
+                customers = HeldWrites(self.customer_states)
+                aliases = HeldWrites(self.alias_links)
                 result = self.step.run(partition, messages, customers, aliases, wall)
-                await self._send(result, wall, partition, out)
-                held.append((partition, customers, aliases))
+                self._collect(result, wall, partition, out)
+                self.customer_states.stage(customers.held)
+                self.alias_links.stage(aliases.held)
+                staged.append((partition, customers.held, aliases.held))
                 self.stats["messages"] += len(messages)
-            await out.send(self._aiokafka_producer())
-            # Outputs first, state second (see HeldWrites): a crash cannot lose a change.
-            await self._flush()
-            for partition, customers, aliases in held:
-                with self.partition_context(partition):
-                    customers.apply()
-                    aliases.apply()
-            # The state on the broker before the batch is acked (its offsets committable):
-            # Faust's own flush before a commit can miss writes (see kafka/tables.py).
-            confirmed = asyncio.gather(self.customers.confirm(), self.aliases.confirm())
+            settlement = await self._write_behind(out, staged)
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
-        return confirmed
+        return settlement
 
-    @contextmanager
-    def partition_context(self, partition: int) -> Iterator[None]:
-        ctx = _PartitionContext(self.settings.routed_topic, partition)
-        token = _current_event.set(weakref.ref(ctx))  # type: ignore[arg-type]
+    async def _write_behind(self, out: OutputBatcher,
+                            staged: Sequence[tuple[int, dict[str, Any], dict[str, Any]]]
+                            ) -> asyncio.Future[None]:
+        """Send ``out``, and write the ``staged`` state once it is on the broker (in batch
+        order, after the previous batch's state). Returns what completes when the state is
+        on the broker too. A failure fails this and every later batch: none of them is
+        acked, and the worker stops (the batch sink crashes the app)."""
+        producer = self._aiokafka_producer()
+        sent = await out.send(producer)
+        send_now(producer)  # no linger: nothing more is coming for this batch
+        previous, written = self._last_written, asyncio.get_running_loop().create_future()
+        self._last_written = written
+        return asyncio.ensure_future(self._settle(sent, previous, written, staged))
+
+    async def _settle(self, sent: list[asyncio.Future[Any]],
+                      previous: asyncio.Future[None] | None, written: asyncio.Future[None],
+                      staged: Sequence[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
+        producer = self._aiokafka_producer()
         try:
-            yield
-        finally:
-            _current_event.reset(token)
+            await asyncio.gather(*sent)  # outputs first, state second (see HeldWrites)
+            if previous is not None:
+                await previous  # the tables are written in batch order
+            confirms = []
+            for partition, customers, aliases in staged:
+                for store, writes in ((self.customer_states, customers),
+                                      (self.alias_links, aliases)):
+                    confirm = await store.write(partition, writes, producer)
+                    if confirm is not None:
+                        confirms.append(confirm)
+            send_now(producer)
+        except BaseException as exc:
+            written.set_exception(exc)
+            written.exception()  # retrieved: the next batch may not be there to see it
+            raise
+        written.set_result(None)
+        await asyncio.gather(*confirms)
 
-    async def _flush(self) -> None:
-        """Every record sent so far on the broker (Faust's send buffer, then aiokafka's)."""
-        producer = self.app.producer
-        await producer.buffer.flush()
+    async def settle_all(self) -> None:
+        """Wait until every batch handled so far has its state on the broker."""
+        last = self._last_written
+        if last is not None:
+            await asyncio.shield(last)
         await flush_now(self._aiokafka_producer())
-
-    def _outputs(self) -> OutputBatcher:
-        return OutputBatcher()
 
     def _aiokafka_producer(self) -> Any:
         return self.app.producer._ensure_producer()
 
-    async def _send(self, result: StepResult, wall: float, partition: int,
-                    out: OutputBatcher | None = None) -> None:
-        """Queue the step's outputs: routed records and segment changes on ``out`` (sent
-        by the caller, one record batch per partition), dead letters and samples directly.
-        Without ``out`` everything is sent here."""
+    def _collect(self, result: StepResult, wall: float, partition: int,
+                 out: OutputBatcher) -> None:
+        """Add the step's outputs to ``out``: routed records, segment changes, dead letters
+        and training samples; and count them."""
         s = self.settings
-        batched = out if out is not None else self._outputs()
         for key, part, value in result.routed:
-            batched.add(s.routed_topic, key.encode(), value, part)
+            out.add(s.routed_topic, key.encode(), value, part)
         for change in result.changes:
-            batched.add(s.changes_topic, change.customer_id.encode(), change_bytes(change))
-        if out is None:
-            await batched.send(self._aiokafka_producer())
-        dlq = self.dlq_topic
+            out.add(s.changes_topic, change.customer_id.encode(), change_bytes(change))
         for msg, rej in result.dead_letters:
-            await dlq.send(key=msg.key, value=rej.payload,
-                           headers=dead_letter_headers(msg, rej, wall))
-        if result.samples:
-            from .modeling import send_samples
-
-            await send_samples(self, result.samples)
+            # keyed as the message was; a message without a key goes where it came from
+            out.add(s.dlq_topic, msg.key, rej.payload,
+                    None if msg.key is not None else msg.partition,
+                    headers=dead_letter_headers(msg, rej, wall))
+        if result.samples and self.behavior is not None:
+            for feats in result.samples:
+                out.add(s.training_topic, None, orjson.dumps(feats), 0)
         self._account(result, partition)
         st = self.stats
         st["applied"] += result.applied
@@ -404,6 +402,7 @@ class Runtime:
         # customer with the rocksdb store; segmenter bench, rss phase).
         keys = list(self.customers.keys())
         wall = time.time()
+        states = self.customer_states
         for start in range(0, len(keys), 2000):
             by_partition: dict[int, list[Change]] = defaultdict(list)
             writes: dict[int, dict[str, Any]] = defaultdict(dict)
@@ -412,7 +411,7 @@ class Runtime:
                     p = partition_for(cid, n)
                     if p not in owned:
                         continue
-                    stored = self.customers.get(cid)
+                    stored = states.get(cid)
                     if stored is None or now <= stored.last_seen:
                         continue
                     state = stored.copy()
@@ -422,21 +421,21 @@ class Runtime:
                     if out or state.segment_aux != stored.segment_aux:
                         writes[p][cid] = state
                         by_partition[p].extend(out)
+                outputs = OutputBatcher()
                 for p, changes in by_partition.items():
-                    result = StepResult(changes=changes)
-                    await self._send(result, wall, p)
-                await self._flush()  # changes before state, as in handle_messages()
-                for p, states in writes.items():
-                    with self.partition_context(p):
-                        for cid, state in states.items():
-                            self.customers[cid] = state
-                await self.customers.confirm()
-            await asyncio.sleep(0)
+                    self._collect(StepResult(changes=changes), wall, p, outputs)
+                for p_writes in writes.values():
+                    states.stage(p_writes)
+                # changes before state, after the batches handled before, as for a batch
+                settlement = await self._write_behind(
+                    outputs, [(p, p_writes, {}) for p, p_writes in writes.items()])
+            await settlement
 
     # --- helpers for web views -------------------------------------------------------------------
     def customer(self, customer_id: str) -> Any:
-        """Read a customer's state from this worker's table (None if absent here)."""
-        return self.customers.get(customer_id)
+        """A customer's state on this worker, as of the last batch handled (None if absent
+        here)."""
+        return self.customer_states.get(customer_id)
 
     def ready(self) -> bool:
         """Joined the group, partitions assigned and tables recovered."""

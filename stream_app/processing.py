@@ -382,7 +382,7 @@ class _Batch:
 
 
 _MISSING = object()
-_DELETED = object()
+DELETED = object()  # a held delete (HeldWrites.held, WriteBehind.stage)
 
 
 class HeldWrites(MutableMapping[str, Any]):
@@ -405,7 +405,7 @@ class HeldWrites(MutableMapping[str, Any]):
         value = self.held.get(key, _MISSING)
         if value is _MISSING:
             return self.table[key]
-        if value is _DELETED:
+        if value is DELETED:
             raise KeyError(key)
         return value
 
@@ -413,7 +413,7 @@ class HeldWrites(MutableMapping[str, Any]):
         value = self.held.get(key, _MISSING)
         if value is _MISSING:
             return self.table.get(key, default)
-        return default if value is _DELETED else value
+        return default if value is DELETED else value
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.held[key] = value
@@ -421,11 +421,11 @@ class HeldWrites(MutableMapping[str, Any]):
     def __delitem__(self, key: str) -> None:
         if self.get(key, _MISSING) is _MISSING:
             raise KeyError(key)
-        self.held[key] = _DELETED
+        self.held[key] = DELETED
 
     def __iter__(self) -> Iterator[str]:
         yield from (k for k in self.table if k not in self.held)
-        yield from (k for k, v in self.held.items() if v is not _DELETED)
+        yield from (k for k, v in self.held.items() if v is not DELETED)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -434,7 +434,7 @@ class HeldWrites(MutableMapping[str, Any]):
         """Write what was held to the table (in the order it was written)."""
         table = self.table
         for key, value in self.held.items():
-            if value is not _DELETED:
+            if value is not DELETED:
                 table[key] = value
             elif key in table:
                 del table[key]

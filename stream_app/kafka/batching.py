@@ -15,11 +15,11 @@ whatever has arrived to the batch handler. What a Faust stream guarantees is kep
   dropped unhandled and unacked (they are fetched again from the committed offset);
 - back pressure: the consumer stops delivering while ``max_buffered`` messages wait.
 
-A handler may return an awaitable, the batch's *settlement* (the worker's: its state writes
-confirmed by the broker). The batch is acked when it settles, and the next batch is handled
-meanwhile: the wait for the broker overlaps with the next batch's work instead of adding to
-every batch's time. At most one batch is settling; batches are acked in order, and a failed
-settlement stops the worker as a failed handler does.
+A handler may return an awaitable, the batch's *settlement* (the worker's: its outputs, then
+its state writes, confirmed by the broker). The batch is acked when it settles, and the next
+batches are handled meanwhile: the waits for the broker overlap with the work instead of
+adding to every batch's time. At most ``max_settling`` batches are settling; batches are
+acked in order, and a failed settlement stops the worker as a failed handler does.
 
 :class:`OutputBatcher` does the same for output records: one record batch per topic
 partition (aiokafka ``create_batch``/``send_batch``) instead of an ``await`` per record.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic
 from typing import Any
@@ -47,7 +48,8 @@ class BatchSink:
     """Messages of ``topics``, delivered to ``handler`` in batches of at most ``max_batch``."""
 
     def __init__(self, app: Any, topics: Sequence[str], handler: Handler, *,
-                 max_batch: int, max_buffered: int, within: float = 0.0) -> None:
+                 max_batch: int, max_buffered: int, within: float = 0.0,
+                 max_settling: int = 4) -> None:
         self.app = app
         self.topics = frozenset(topics)
         self.handler = handler
@@ -63,7 +65,8 @@ class BatchSink:
         self._room.set()
         self.batches = 0
         self.dropped_stale = 0
-        self._settling: asyncio.Future[None] | None = None  # the batch being acked
+        self.max_settling = max(1, max_settling)
+        self._settling: deque[asyncio.Future[None]] = deque()  # batches being acked, in order
         # Faust empties the queues it manages when a rebalance suspends the flow.
         app.flow_control.manage_queue(self)
         self._flow_active = app.flow_control.is_active
@@ -136,11 +139,19 @@ class BatchSink:
         app = self.app
         flow = app.flow_control
         monitor = app.monitor
+        settling = self._settling
         try:
             while not app.should_stop:
-                if not self._arrived.is_set() and self._settling is not None:
-                    # nothing new yet: ack the batch in flight now rather than later
-                    if not await self.settled():
+                if not self._arrived.is_set() and settling:
+                    # nothing new yet: ack the batches in flight as they settle, until
+                    # something arrives
+                    arrival = asyncio.ensure_future(self._arrived.wait())
+                    try:
+                        await asyncio.wait((arrival, settling[0]),
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        arrival.cancel()
+                    if settling[0].done() and not await self._settle_oldest():
                         return
                     continue
                 await self._arrived.wait()
@@ -169,48 +180,66 @@ class BatchSink:
                     log.exception("batch handler failed; stopping the worker")
                     await app.crash(exc)
                     return
-                if not await self.settled():  # the previous batch first: acks stay in order
-                    return
-                self._settling = asyncio.ensure_future(self._settle(batch, settlement))
+                previous = settling[-1] if settling else None
+                settling.append(asyncio.ensure_future(self._settle(batch, settlement, previous)))
+                while settling and (settling[0].done() or len(settling) > self.max_settling):
+                    if not await self._settle_oldest():
+                        return
                 await asyncio.sleep(0)  # let the consumer deliver what it fetched meanwhile
         finally:
             await self.settled()
 
-    async def _settle(self, batch: list[Message], settlement: Awaitable[Any] | None) -> None:
+    async def _settle(self, batch: list[Message], settlement: Awaitable[Any] | None,
+                      previous: asyncio.Future[None] | None) -> None:
         if settlement is not None:
             await settlement
+        if previous is not None:
+            await previous  # acks in batch order (a failed one fails this one too)
         ack, message_out = self.app.consumer.ack, self.app.sensors.on_message_out
         for m in batch:
             if ack(m):
                 message_out(m.tp, m.offset, m)
         self.batches += 1
 
-    async def settled(self) -> bool:
-        """Wait until the batch in flight is acked; False if its settlement failed (then
-        the app is crashed, and its messages stay unacked: they are consumed again)."""
-        settling, self._settling = self._settling, None
-        if settling is None:
-            return True
+    async def _settle_oldest(self) -> bool:
+        """Wait until the oldest batch in flight is acked; False if its settlement failed
+        (then the app is crashed; its messages and those of the later batches stay unacked,
+        so they are consumed again)."""
+        oldest = self._settling[0]
         try:
-            await asyncio.shield(settling)
+            await asyncio.shield(oldest)
         except asyncio.CancelledError:
-            if not settling.done():
-                self._settling = settling  # still ours to wait for
-            raise
+            raise  # still in flight: waited for again by whoever runs next
         except Exception as exc:
-            log.exception("a batch's state writes failed; stopping the worker")
+            for later in self._settling:  # they fail with it: seen here, not logged again
+                later.add_done_callback(_retrieve)
+            self._settling.clear()
+            log.exception("a batch's outputs or state writes failed; stopping the worker")
             await self.app.crash(exc)
             return False
+        self._settling.popleft()
         return True
+
+    async def settled(self) -> bool:
+        """Wait until every batch in flight is acked; False if a settlement failed."""
+        while self._settling:
+            if not await self._settle_oldest():
+                return False
+        return True
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class OutputBatcher:
     """Output records grouped into one record batch per topic partition, in order.
 
     ``add`` takes a record with its partition, or ``None`` for the default partitioner's
-    choice for the key (murmur2 over the topic's partitions, as Kafka clients do); :meth:`send`
-    hands the batches to the producer. Records of one partition keep the order they were
-    added in.
+    choice: by key (murmur2 over the topic's partitions, as Kafka clients do), or round-robin
+    for a record without a key. :meth:`send` hands the batches to the producer. Records of
+    one partition keep the order they were added in.
     """
 
     def __init__(self) -> None:
@@ -220,8 +249,6 @@ class OutputBatcher:
 
     def add(self, topic: str, key: bytes | None, value: bytes | None,
             partition: int | None = None, headers: Sequence[tuple[str, bytes]] = ()) -> None:
-        if partition is None and key is None:
-            raise ValueError("a record without key needs a partition")
         self.records.setdefault((topic, partition), []).append((key, value, list(headers)))
         self.count += 1
 
@@ -234,49 +261,55 @@ class OutputBatcher:
             n = len(producer._metadata.partitions_for_topic(topic) or ())
             if not n:
                 raise RuntimeError(f"no partitions known for topic {topic}")
-            for rec in records:
-                part = routing.partition_for(rec[0].decode(), n)
+            for i, rec in enumerate(records):
+                part = routing.partition_for(rec[0].decode(), n) if rec[0] is not None else i % n
                 out.setdefault((topic, part), []).append(rec)
         return out
 
-    async def send(self, producer: Any, timestamp: float | None = None) -> None:
-        """Queue every batch on ``producer`` (an ``AIOKafkaProducer``); the caller flushes."""
+    async def send(self, producer: Any, timestamp: float | None = None
+                   ) -> list[asyncio.Future[Any]]:
+        """Queue every batch on ``producer`` (an ``AIOKafkaProducer``); returns their
+        delivery futures."""
         if not self.count:
-            return
+            return []
         for topic in {t for t, p in self.records if p is None}:
             await producer.client._wait_on_metadata(topic)
+        sent = []
         for (topic, partition), records in self._by_partition(producer).items():
             batch = producer.create_batch()
             for key, value, headers in records:
                 if batch.append(key=key, value=value, timestamp=timestamp,
                                 headers=headers) is None:
-                    await producer.send_batch(batch, topic, partition=partition)
+                    sent.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=timestamp,
                                     headers=headers) is None:
                         raise ValueError(f"record too large for a batch on {topic}")
-            await producer.send_batch(batch, topic, partition=partition)
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
         self.records.clear()
         self.count = 0
+        return sent
 
 
-async def flush_now(producer: Any) -> None:
-    """``producer.flush()`` (an ``AIOKafkaProducer``) without waiting out ``linger_ms``.
-
-    aiokafka's flush waits for every queued batch, and a batch is sent when its linger time
-    has passed: a flush costs the linger on top of the round trip. The worker flushes at the
-    end of every batch, when nothing more is coming, so it closes the open batches and wakes
-    the sender first, as aiokafka does before a transaction commit
-    (``MessageAccumulator.flush_for_commit``). Appends after this go to new batches."""
+def send_now(producer: Any) -> None:
+    """Have ``producer`` (an ``AIOKafkaProducer``) send what it holds now, not after
+    ``linger_ms``: the worker calls this at the end of a batch, when nothing more is coming.
+    It closes the open batches and wakes the sender, as aiokafka does before a transaction
+    commit (``MessageAccumulator.flush_for_commit``). Appends after this go to new batches.
+    Does nothing on an aiokafka without these internals (the batches go after the linger)."""
     acc = getattr(producer, "_message_accumulator", None)
     batches = getattr(acc, "_batches", None)
     waiter = getattr(acc, "_waiter_future", None)
-    if batches is None or waiter is None:  # another aiokafka version: the plain flush
-        await producer.flush()
+    if batches is None or waiter is None:
         return
     for queued in batches.values():
         for batch in queued:
             batch._builder.close()
     if not waiter.done():
         waiter.set_result(None)
+
+
+async def flush_now(producer: Any) -> None:
+    """``producer.flush()`` without waiting out ``linger_ms`` (see :func:`send_now`)."""
+    send_now(producer)
     await producer.flush()

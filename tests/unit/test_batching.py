@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import Message
 from faust.types.tuples import ConsumerMessage
@@ -66,9 +65,10 @@ def msg(offset: int, partition: int = 0, generation: int = 1) -> Message:
                            generation_id=generation)
 
 
-def sink_for(app: FakeApp, handler: Any, max_batch: int = 3, max_buffered: int = 5
-             ) -> BatchSink:
-    return BatchSink(app, ["in"], handler, max_batch=max_batch, max_buffered=max_buffered)
+def sink_for(app: FakeApp, handler: Any, max_batch: int = 3, max_buffered: int = 5,
+             max_settling: int = 4) -> BatchSink:
+    return BatchSink(app, ["in"], handler, max_batch=max_batch, max_buffered=max_buffered,
+                     max_settling=max_settling)
 
 
 def test_take_tracks_at_most_a_batch_in_order() -> None:
@@ -208,7 +208,7 @@ async def test_a_batch_is_acked_when_it_settles_and_the_next_one_is_handled_mean
         settlements.append(asyncio.get_running_loop().create_future())
         return settlements[-1]
 
-    sink = sink_for(app, handler, max_batch=2)
+    sink = sink_for(app, handler, max_batch=2, max_settling=1)
     task = asyncio.create_task(sink.run())
     for i in range(4):
         sink.put(msg(i))
@@ -228,6 +228,59 @@ async def test_a_batch_is_acked_when_it_settles_and_the_next_one_is_handled_mean
     await settle()
     assert app.consumer.acked == app.sensors.out == [0, 1, 2, 3, 4]
     await stop(app, sink, task)
+
+
+async def test_up_to_max_settling_batches_settle_while_more_are_handled() -> None:
+    app = FakeApp()
+    settlements: list[asyncio.Future[None]] = []
+    handled: list[list[int]] = []
+
+    async def handler(batch: list[Message]) -> asyncio.Future[None]:
+        handled.append([m.offset for m in batch])
+        settlements.append(asyncio.get_running_loop().create_future())
+        return settlements[-1]
+
+    sink = sink_for(app, handler, max_batch=1, max_buffered=10, max_settling=3)
+    task = asyncio.create_task(sink.run())
+    for i in range(6):
+        sink.put(msg(i))
+    await settle()
+    assert handled == [[0], [1], [2], [3]] and app.consumer.acked == []  # 3 settling + 1
+    for i in (3, 2, 1):  # settled out of order: acked in order, once the first is
+        settlements[i].set_result(None)
+    await settle()
+    assert app.consumer.acked == [] and len(handled) == 4
+    settlements[0].set_result(None)
+    await settle()
+    assert app.consumer.acked == [0, 1, 2, 3] and handled == [[i] for i in range(6)]
+    for fut in settlements[4:]:
+        fut.set_result(None)
+    sink.put(msg(6))  # arrivals are handled while earlier batches settle
+    await settle()
+    assert app.consumer.acked == [0, 1, 2, 3, 4, 5] and handled[-1] == [6]
+    settlements[6].set_result(None)
+    await settle()
+    assert app.consumer.acked == list(range(7))
+    await stop(app, sink, task)
+
+
+async def test_a_failed_settlement_crashes_the_app_and_acks_nothing_of_it_or_later() -> None:
+    app = FakeApp()
+    settlements: list[asyncio.Future[None]] = []
+
+    async def handler(batch: list[Message]) -> asyncio.Future[None]:
+        settlements.append(asyncio.get_running_loop().create_future())
+        return settlements[-1]
+
+    sink = sink_for(app, handler, max_batch=1, max_buffered=10, max_settling=3)
+    task = asyncio.create_task(sink.run())
+    for i in range(3):
+        sink.put(msg(i))
+    await settle()
+    settlements[2].set_result(None)
+    settlements[0].set_exception(OSError("changelog write refused"))
+    await asyncio.wait_for(task, 1)
+    assert isinstance(app.crashed, OSError) and app.consumer.acked == []
 
 
 async def test_a_failed_settlement_crashes_the_app_and_acks_nothing_of_it() -> None:
@@ -302,8 +355,12 @@ class FakeProducer:
     def create_batch(self) -> FakeBatch:
         return FakeBatch(self.limit)
 
-    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> None:
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int
+                         ) -> asyncio.Future[None]:
         self.sent.append((topic, partition, batch.records))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 async def test_outputs_are_grouped_per_partition_in_order() -> None:
@@ -332,9 +389,15 @@ async def test_a_full_batch_is_sent_and_a_new_one_started() -> None:
         [b"0", b"1"], [b"2", b"3"], [b"4"]]
 
 
-def test_a_record_without_key_or_partition_is_refused() -> None:
-    with pytest.raises(ValueError):
-        OutputBatcher().add("changes", None, b"v")
+async def test_records_without_key_or_partition_go_round_robin() -> None:
+    out = OutputBatcher()
+    for i in range(10):
+        out.add("dlq", None, str(i).encode())
+    producer = FakeProducer()
+    sent = await out.send(producer)
+    by_tp = {(t, p): [r[1] for r in recs] for t, p, recs in producer.sent}
+    assert by_tp == {("dlq", p): [str(i).encode() for i in range(p, 10, 8)] for p in range(8)}
+    assert len(sent) == len(producer.sent)  # a delivery future per record batch
 
 
 async def test_a_batch_waits_at_most_within_to_fill() -> None:

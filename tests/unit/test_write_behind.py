@@ -1,0 +1,149 @@
+"""WriteBehind: staged writes are read first; writing moves them to the store and the
+changelog (one record batch), and the persisted offset follows the acknowledged batch.
+
+The table, its store and the producer are stand-ins (what leaves the process); the worker's
+use of it against the real broker is covered by the integration tests (kill -9, rebalance,
+erasure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.streams import current_event
+
+from stream_app.kafka.tables import WriteBehind
+from stream_app.processing import DELETED, HeldWrites
+
+
+class Store(dict[str, Any]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.persisted: dict[Any, int] = {}
+        self.partitions_written: list[int] = []
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        # a rocksdb store picks the partition's database from the current event
+        event = current_event()
+        self.partitions_written.append(None if event is None else event.message.partition)
+        super().__setitem__(key, value)
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.persisted[(tp.topic, tp.partition)] = offset
+
+
+class Batch:
+    def __init__(self, limit: int) -> None:
+        self.records: list[tuple[bytes, bytes | None]] = []
+        self.limit = limit
+
+    def append(self, *, key: bytes, value: bytes | None, timestamp: Any) -> Any:
+        if len(self.records) >= self.limit:
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
+class Producer:
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self.sent: list[tuple[str, int, list[tuple[bytes, bytes | None]], asyncio.Future[Any]]] = []
+        self.next_offset = 40
+
+    def create_batch(self) -> Batch:
+        return Batch(self.limit)
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, batch.records, fut))
+        return fut
+
+    def ack_all(self) -> None:
+        for _, _, records, fut in self.sent:
+            if not fut.done():
+                fut.set_result(SimpleNamespace(offset=self.next_offset))
+                self.next_offset += len(records)
+
+
+def table() -> Any:
+    return SimpleNamespace(data=Store(), changelog_topic=SimpleNamespace(
+        get_topic_name=lambda: "app-customers-changelog"))
+
+
+def behind(limit_store: Any = None) -> WriteBehind:
+    return WriteBehind(limit_store or table(), lambda v: f"<{v}>".encode(), "routed")
+
+
+async def test_staged_writes_are_read_before_the_store() -> None:
+    wb = behind()
+    wb.table.data.update(a="old-a", b="old-b")
+    wb.stage({"a": "new-a", "c": "new-c", "b": DELETED})
+    assert (wb.get("a"), wb.get("b"), wb.get("c"), wb.get("z", 0)) == ("new-a", None, "new-c", 0)
+    assert wb["a"] == "new-a" and "b" not in wb and sorted(wb) == ["a", "c"]
+    with pytest.raises(KeyError):
+        wb["b"]
+    held = HeldWrites(wb)  # the step's view: its own writes, then the staged ones
+    held["c"] = "newest-c"
+    assert held.get("c") == "newest-c" and held.get("a") == "new-a" and held.get("b") is None
+
+
+async def test_write_moves_a_batch_to_the_store_and_one_changelog_batch() -> None:
+    wb = behind()
+    wb.table.data["gone"] = "x"
+    wb.table.data.partitions_written.clear()
+    writes = {"a": "A", "gone": DELETED, "b": "B"}
+    wb.stage(writes)
+    producer = Producer()
+    done = await wb.write(3, writes, producer)
+    assert dict(wb.table.data) == {"a": "A", "b": "B"} and wb.staged == {}
+    assert wb.table.data.partitions_written == [3, 3]  # under the partition's context
+    [(topic, partition, records, _)] = producer.sent
+    assert (topic, partition) == ("app-customers-changelog", 3)
+    assert records == [(b"a", b"<A>"), (b"gone", None), (b"b", b"<B>")]  # tombstone for a delete
+    assert done is not None and not done.done() and wb.table.data.persisted == {}
+    producer.ack_all()
+    await done
+    await asyncio.sleep(0)
+    # the last record's offset, as Faust persists it record by record
+    assert wb.table.data.persisted == {("app-customers-changelog", 3): 42}
+
+
+async def test_a_key_staged_again_by_a_later_batch_stays_staged() -> None:
+    wb = behind()
+    first, second = {"k": "v1", "j": "j1"}, {"k": "v2"}
+    wb.stage(first)
+    wb.stage(second)
+    await wb.write(0, first, Producer())
+    assert wb.table.data["k"] == "v1" and wb.get("k") == "v2" and wb.staged == {"k": "v2"}
+    await wb.write(0, second, Producer())
+    assert wb.get("k") == "v2" and wb.staged == {}
+
+
+async def test_a_full_record_batch_continues_in_another_and_nothing_to_write_sends_nothing() -> None:
+    wb = behind()
+    writes = {f"k{i}": i for i in range(5)}
+    producer = Producer(limit=2)
+    done = await wb.write(1, writes, producer)
+    assert [len(r) for _, _, r, _ in producer.sent] == [2, 2, 1]
+    producer.ack_all()
+    await done  # type: ignore[misc]
+    await asyncio.sleep(0)
+    assert wb.table.data.persisted == {("app-customers-changelog", 1): 40 + 4}
+    assert await wb.write(1, {}, producer) is None and len(producer.sent) == 3
+
+
+async def test_a_failed_changelog_write_moves_no_persisted_offset() -> None:
+    wb = behind()
+    producer = Producer()
+    done = await wb.write(0, {"a": 1}, producer)
+    producer.sent[0][3].set_exception(OSError("broker gone"))
+    with pytest.raises(OSError):
+        await done  # type: ignore[misc]
+    await asyncio.sleep(0)
+    assert wb.table.data.persisted == {}
