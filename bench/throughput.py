@@ -474,6 +474,65 @@ class Context:
     workdir: Path
     workload: Workload
     results: dict[str, Any] = field(default_factory=dict)
+    _model: Path | None = None
+
+    def model(self) -> Path:
+        """A behaviour snapshot trained on the workload, for the step and the baseline (made
+        once): they score every event as a worker with a trained model does. (The worker
+        trains its own, in its own process, as in production: scoring starts once its model
+        has learned enough, and the trainer's work is part of the worker's.)"""
+        if self._model is None:
+            self._model = self.workdir / "model.json"
+            self._model.write_bytes(orjson.dumps(_train_snapshot(self)))
+        return self._model
+
+
+def _train_snapshot(ctx: Context) -> dict[str, Any]:
+    from stream_app.segmentation.clustering import Trainer, TrainerSettings
+
+    settings = load_settings_from(settings_env("127.0.0.1:9", "bench", ctx.args.partitions,
+                                               ctx.workdir / "model", **dict(ctx.args.setting)))
+    step = _make_step(settings)
+    samples: list[dict[str, Any]] = []
+    now = time.time()
+    for batch in _step_batches(ctx, settings, now).values():
+        customers: dict[str, Any] = {}
+        aliases: dict[str, Any] = {}
+        for p, msgs in batch:
+            samples += step.run(p, msgs, customers, aliases, now).samples
+    trainer = Trainer(TrainerSettings(algorithm=settings.cluster_model.value,
+                                      clusters=settings.clusters))
+    for feats in samples:
+        trainer.learn(feats)
+    snapshot = trainer.maybe_snapshot(now)
+    if snapshot is None:
+        raise SystemExit("too few training samples in the workload for a model: raise --events")
+    return snapshot
+
+
+def _step_batches(ctx: Context, settings: Any, now: float
+                  ) -> dict[int, list[tuple[int, list[Any]]]]:
+    """The workload as the worker sees it when draining: per partition, batches of up to
+    ``batch_size / partitions`` messages."""
+    from stream_app.kafka.routing import partition_for
+    from stream_app.processing import Message
+
+    by_partition: dict[int, list[Message]] = {}
+    for i, (key, value) in enumerate(ctx.workload.records):
+        p = partition_for(key.decode(), settings.partitions)
+        by_partition.setdefault(p, []).append(
+            Message(settings.input_topic, p, i, key, value, now))
+    per_batch = max(1, settings.batch_size // settings.partitions)
+    return {p: [(p, msgs[i:i + per_batch]) for i in range(0, len(msgs), per_batch)]
+            for p, msgs in by_partition.items()}
+
+
+def _load_model(step: Any, path: Path) -> None:
+    """Score with the snapshot at ``path`` from the first event on."""
+    behavior = next((seg for seg in step.segmentations if seg.name == "behavior"), None)
+    if behavior is not None:
+        behavior.min_learned = 0
+        behavior.load(orjson.loads(path.read_bytes()))
 
 
 def step_phase(ctx: Context) -> dict[str, Any]:
@@ -481,28 +540,20 @@ def step_phase(ctx: Context) -> dict[str, Any]:
 
     The worker and the baseline loop both run this step; its rate is the ceiling for any
     Kafka loop doing the same work on one core."""
-    from stream_app.kafka.routing import partition_for
-    from stream_app.processing import Message
 
     settings = load_settings_from(settings_env("127.0.0.1:9", "bench", ctx.args.partitions,
                                                ctx.workdir / "step", **dict(ctx.args.setting)))
     step = _make_step(settings)
+    _load_model(step, ctx.model())
     now = time.time()
-    by_partition: dict[int, list[Message]] = {}
-    for i, (key, value) in enumerate(ctx.workload.records):
-        p = partition_for(key.decode(), settings.partitions)
-        by_partition.setdefault(p, []).append(
-            Message(settings.input_topic, p, i, key, value, now))
-    # batches as the worker sees them when draining: up to batch_size messages, per partition
-    per_batch = max(1, settings.batch_size // settings.partitions)
-    customers: dict[int, dict[str, Any]] = {p: {} for p in by_partition}
-    aliases: dict[int, dict[str, Any]] = {p: {} for p in by_partition}
+    batches = _step_batches(ctx, settings, now)
     changes = 0
     cpu, wall = time.process_time(), time.perf_counter()
-    for p, msgs in by_partition.items():
-        for i in range(0, len(msgs), per_batch):
-            changes += len(step.run(p, msgs[i:i + per_batch], customers[p], aliases[p],
-                                    now).changes)
+    for p, partition_batches in batches.items():
+        customers: dict[str, Any] = {}
+        aliases: dict[str, Any] = {}
+        for _, msgs in partition_batches:
+            changes += len(step.run(p, msgs, customers, aliases, now).changes)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     n = len(ctx.workload.records)
     out = {"events": n, "changes": changes, "cpu_s": round(cpu, 2), "seconds": round(wall, 2),
@@ -551,7 +602,8 @@ async def drain_phase(ctx: Context, system: str, workers: int = 1) -> Drain:
             group = f"{app_id}-baseline"
             _create_internal_topics(settings)
             procs = [Proc("baseline", [sys.executable, str(Path(__file__).resolve()),
-                                       "--role", "baseline", "--group", group],
+                                       "--role", "baseline", "--group", group,
+                                       "--model", str(ctx.model())],
                           env, run_dir / "baseline.log")]
         else:
             group = app_id
@@ -859,7 +911,7 @@ class _Recording(dict):  # type: ignore[type-arg]
         return super().pop(key, *default)
 
 
-async def baseline_loop(group: str) -> None:
+async def baseline_loop(group: str, model: Path | None) -> None:
     """consume -> Step (dict state) -> produce -> commit, as plainly as aiokafka allows."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.structs import OffsetAndMetadata
@@ -872,6 +924,8 @@ async def baseline_loop(group: str) -> None:
 
     s = load_settings()
     step = _make_step(s)
+    if model is not None:
+        _load_model(step, model)
     conf = aiokafka_config(s)
     consumer = AIOKafkaConsumer(s.input_topic, s.routed_topic, group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -1085,6 +1139,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--markdown", type=Path, help="write the tables here")
     ap.add_argument("--role", default="driver", help=argparse.SUPPRESS)
     ap.add_argument("--group", help=argparse.SUPPRESS)
+    ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -1138,7 +1193,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "baseline":
-        asyncio.run(baseline_loop(args.group))
+        asyncio.run(baseline_loop(args.group, args.model))
         return 0
     # SIGTERM (timeout, Ctrl-C in a pipeline) stops the phase's workers and broker too: they
     # run in their own sessions and would outlive the driver.
