@@ -783,8 +783,15 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
                          if k in arrivals and t >= warm)
     lat_record = sorted((arrivals[k][1] - t) * 1000 for k, t in sent.items()
                         if k in arrivals and t >= warm)
+    # p99 of each second of input: a steady tail, or spikes?
+    by_second: dict[int, list[float]] = {}
+    for k, t in sent.items():
+        if k in arrivals and t >= warm:
+            by_second.setdefault(int(t - started), []).append((arrivals[k][0] - t) * 1000)
+    timeline = [round(_percentiles(sorted(v))["p99"]) for _, v in sorted(by_second.items())]
     out = {"rate_ev_s": round(rate), "events": n, "seconds": duration,
            "with_change": len(lat_arrival), "worker_cpu_s": round(cpu, 1),
+           "p99_ms_by_second": timeline,
            "cpu_cores": dict(zip(("worker", "broker", "driver"), shares, strict=True)),
            "arrival_ms": _percentiles(lat_arrival), "record_ts_ms": _percentiles(lat_record)}
     p = out["arrival_ms"]
@@ -792,7 +799,7 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
     print(f"  latency at {rate:,.0f} ev/s: p50 {p.get('p50', 0):.1f} ms, p99 "
           f"{p.get('p99', 0):.1f} ms, max {p.get('max', 0):.1f} ms ({len(lat_arrival)} events "
           f"with a change); cores busy: worker {c['worker']}, broker {c['broker']}, driver "
-          f"{c['driver']}", flush=True)
+          f"{c['driver']}; p99 by second: {timeline}", flush=True)
     return out
 
 
