@@ -693,7 +693,9 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
         try:
             await _wait_ready(worker)
             consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None,
-                                        enable_auto_commit=False, fetch_max_wait_ms=20)
+                                        # the measuring consumer's own wait is in every
+                                        # figure: kept short
+                                        enable_auto_commit=False, fetch_max_wait_ms=5)
             producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1,
                                         acks=1)
             await consumer.start()
@@ -725,21 +727,19 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
                 n = min(len(records), int(rate * duration))
                 started = time.time()
                 cpu_at_start = (worker.cpu(), _cpu(broker_ps), time.process_time())
-                tick = 0.005
+                tick = args.latency_linger_ms / 1000.0
                 i = 0
+                next_burst = started
                 while i < n:
-                    due = started + i / rate
-                    delay = due - time.time()
+                    # A burst at most every `tick` (a client's linger.ms), then what is due by
+                    # then, timestamped with the moment it is handed over, as one record
+                    # batch per partition (as a busy client's producer sends them). Each
+                    # produce request costs the embedded broker ~1 ms of CPU on the worker's
+                    # cores; a send per record cost more CPU than the worker.
+                    delay = max(next_burst, started + i / rate) - time.time()
                     if delay > 0:
-                        # a burst at most every `tick` (a client's linger): one wake-up and
-                        # one produce request per record cost the broker, on these cores,
-                        # as much CPU as the worker
-                        await asyncio.sleep(max(delay, tick))
-                        continue
-                    # everything due by now, timestamped with the moment it is handed over,
-                    # one record batch per partition (as a busy client's producer sends
-                    # them; a send per record cost this driver and the broker, on the same
-                    # two cores, more CPU than the worker)
+                        await asyncio.sleep(delay)
+                    next_burst = time.time() + tick
                     burst_end = min(n, int((time.time() - started) * rate) + 1)
                     now = time.time()
                     by_partition: dict[int, Any] = {}
@@ -1131,6 +1131,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-rate", type=float, default=0.0,
                     help="events/s for the latency phase (default: half worker1's throughput)")
+    ap.add_argument("--latency-linger-ms", type=float, default=20.0,
+                    help="the latency phase's producer sends what is due every this many ms "
+                         "(a producer's linger.ms; each request costs the embedded broker, on "
+                         "the worker's cores, ~1 ms of CPU)")
     ap.add_argument("--latency-also", default="",
                     help="comma-separated further rates (ev/s) for the latency phase: a curve")
     ap.add_argument("--rss-customers", type=int, default=100_000)
