@@ -723,6 +723,19 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
                                     seen[key] = (now, r.timestamp / 1000.0)
 
                 reader = asyncio.create_task(consume())
+                broker_by_second: list[float] = []
+
+                async def sample_broker() -> None:
+                    # the embedded broker's CPU grows with the record batches it holds
+                    # (README, "Guarantees, and what the embedded broker changes")
+                    last = _cpu(broker_ps)
+                    while not stop.is_set():
+                        await asyncio.sleep(1.0)
+                        now_cpu = _cpu(broker_ps)
+                        broker_by_second.append(round(now_cpu - last, 2))
+                        last = now_cpu
+
+                sampler = asyncio.create_task(sample_broker())
                 duration = args.latency_seconds
                 n = min(len(records), int(rate * duration))
                 started = time.time()
@@ -769,6 +782,7 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
                 await asyncio.sleep(3.0)  # trailing changes
                 stop.set()
                 await reader
+                await sampler
                 cpu = worker.cpu()
             finally:
                 await producer.stop()
@@ -791,7 +805,7 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
     timeline = [round(_percentiles(sorted(v))["p99"]) for _, v in sorted(by_second.items())]
     out = {"rate_ev_s": round(rate), "events": n, "seconds": duration,
            "with_change": len(lat_arrival), "worker_cpu_s": round(cpu, 1),
-           "p99_ms_by_second": timeline,
+           "p99_ms_by_second": timeline, "broker_cores_by_second": broker_by_second,
            "cpu_cores": dict(zip(("worker", "broker", "driver"), shares, strict=True)),
            "arrival_ms": _percentiles(lat_arrival), "record_ts_ms": _percentiles(lat_record)}
     p = out["arrival_ms"]
@@ -799,7 +813,8 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
     print(f"  latency at {rate:,.0f} ev/s: p50 {p.get('p50', 0):.1f} ms, p99 "
           f"{p.get('p99', 0):.1f} ms, max {p.get('max', 0):.1f} ms ({len(lat_arrival)} events "
           f"with a change); cores busy: worker {c['worker']}, broker {c['broker']}, driver "
-          f"{c['driver']}; p99 by second: {timeline}", flush=True)
+          f"{c['driver']}; p99 by second: {timeline}; broker cores by second: "
+          f"{broker_by_second}", flush=True)
     return out
 
 

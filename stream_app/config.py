@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     store: StoreKind = StoreKind.memory
     batch_size: PositiveInt = Field(2000, le=100_000)
     batch_within: NonNegativeFloat = Field(0.0, le=10)
+    fetch_wait_ms: PositiveInt = Field(
+        10, le=5000, description="While events flow, the longest a fetch waits at the broker "
+        "(idle, it waits up to 250 ms): the bound on how long new records of one partition "
+        "wait for a fetch that covers another")
     rebalance_timeout: PositiveFloat = 5.0
     session_timeout: PositiveFloat = 6.0
     shutdown_timeout: PositiveFloat = Field(8.0, le=60)

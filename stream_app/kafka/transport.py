@@ -75,19 +75,34 @@ async def probe_true_ends(consumer: aiokafka.AIOKafkaConsumer, reported: Mapping
     return ends
 
 
-# Faust lets the broker hold a fetch up to 1.5 s (``fetch_max_wait_ms=1500``). Against the
-# embedded broker that put the median input -> segment change latency at ~1 s (p99 ~2.7 s)
-# at 1.4k ev/s; with 50 ms it is ~60 ms (``segmenter bench --phases latency``). A broker
-# that answers as soon as data is there (Kafka, with fetch.min.bytes=1) is unaffected, except
-# for a few more empty fetches a second when idle.
-FETCH_MAX_WAIT_MS = 50
+# How long the broker may hold a fetch. aiokafka has one fetch in flight per broker, and it
+# leaves out the partitions whose records are still buffered; records that reach those
+# partitions meanwhile wait until the fetch in flight returns: on data for its own partitions,
+# or after this wait. Faust's 1.5 s put the median input -> segment change latency at ~1 s.
+# A plain aiokafka consumer of bursty traffic on 8 partitions waited (hand-over to receipt,
+# embedded broker): p50 8 / 13 / 18 / 19 / 134 ms with 5 / 10 / 20 / 50 / 500 ms. But every
+# empty fetch costs the broker too (an idle worker: 0.09 cores of the embedded broker at 50 ms,
+# 0.22 at 10 ms). So the wait is short (``SEGMENTER_FETCH_WAIT_MS``) while records come, and
+# IDLE_FETCH_WAIT_MS once a fetch comes back empty; the first record after a quiet spell ends
+# the long wait at once (its partition is in the fetch in flight, nothing being buffered).
+FETCH_MAX_WAIT_MS = 10
+IDLE_FETCH_WAIT_MS = 250
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+        # read when the consumer starts (and creates its fetcher)
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_wait_ms", FETCH_MAX_WAIT_MS)
         return consumer
+
+    def set_fetch_wait(self, busy: bool) -> None:
+        """Short fetch waits while records come, long ones when idle (see above). Called
+        from the app's thread; the fetcher reads the figure for each fetch it sends."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms = (getattr(self.app, "fetch_wait_ms", FETCH_MAX_WAIT_MS)
+                                          if busy else IDLE_FETCH_WAIT_MS)
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = await super()._highwaters(partitions)
@@ -178,13 +193,16 @@ class Consumer(faust_aiokafka.Consumer):
         handed = self._handed
         suspend_flow = self.suspend_flow
         acks_enabled_for = self.app.topics.acks_enabled_for
+        busy = True  # the fetcher starts with the short wait
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
+                    got = False
                     async for tp, message in ait:
+                        got = True
                         offset = message.offset
                         last = handed.get(tp)  # sink topics only
                         if last is not None and offset <= last:
@@ -205,6 +223,9 @@ class Consumer(faust_aiokafka.Consumer):
                             # again after the seek.
                             await self.wait_first(callback(message), suspend_flow.wait())
                         read_offset[tp] = offset
+                    if got != busy:
+                        busy = got
+                        self._thread.set_fetch_wait(busy)
                     if self._commit_every is not None and self._n_acked >= self._commit_every:
                         self._n_acked = 0
                         await self.commit()
