@@ -27,7 +27,6 @@ from .kafka.tables import WriteBehind
 from .metrics import Metrics
 from .processing import (
     HeldWrites,
-    Message,
     Step,
     StepResult,
     change_bytes,
@@ -195,10 +194,9 @@ class Runtime:
         batch may be acked. :class:`.kafka.batching.BatchSink` handles the next batches
         meanwhile."""
         started = time.perf_counter()
-        groups: dict[int, list[Message]] = defaultdict(list)
-        for m in batch:
-            groups[m.partition].append(
-                Message(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
+        groups: dict[int, list[Any]] = defaultdict(list)
+        for m in batch:  # Faust's messages: what the step reads of a record, as they are
+            groups[m.partition].append(m)
         wall = time.time()
         staged: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
         async with self.state_lock:

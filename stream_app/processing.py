@@ -19,7 +19,7 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -39,9 +39,27 @@ from .state.customer import (
 from .state.features import features
 
 
+class Record(Protocol):
+    """What the step needs of a Kafka record: a :class:`Message`, or the worker's Faust
+    message itself (no copy per record on the hot path)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> float: ...  # seconds
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
-    """What the step needs of a Kafka record."""
+    """A Kafka record as the step needs it (tests, benchmarks and replays build these)."""
 
     topic: str
     partition: int
@@ -62,7 +80,7 @@ class Change:
 @dataclass(slots=True)
 class StepResult:
     routed: list[tuple[str, int, bytes]] = field(default_factory=list)  # key, partition, value
-    dead_letters: list[tuple[Message, Rejection]] = field(default_factory=list)
+    dead_letters: list[tuple[Record, Rejection]] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     written: int = 0
     deleted: int = 0
@@ -120,7 +138,7 @@ class Step:
         self.sample_every_s = sample_every_s
 
     # --- entry point -----------------------------------------------------------------------
-    def run(self, partition: int, messages: Iterable[Message],
+    def run(self, partition: int, messages: Iterable[Record],
             customers: MutableMapping[str, CustomerState], aliases: MutableMapping[str, str],
             wall_now: float) -> StepResult:
         batch = _Batch(self, partition, customers, aliases, wall_now)
@@ -233,7 +251,7 @@ class _Batch:
             self._route(anon, routing.merge_op(anon, user))
 
     # --- input ------------------------------------------------------------------------------
-    def on_input(self, msg: Message) -> None:
+    def on_input(self, msg: Record) -> None:
         recs, rejects = decode(msg.value, now=self.wall_now, fallback_ts=msg.timestamp,
                                limits=self.step.limits)
         for rej in rejects:
@@ -284,7 +302,7 @@ class _Batch:
                            samples=res.samples, traits_changed=state.traits != traits)
 
     # --- routed operations ------------------------------------------------------------------
-    def on_routed(self, msg: Message) -> None:
+    def on_routed(self, msg: Record) -> None:
         # Decode everything before touching state: an unreadable operation (a tombstone, a
         # foreign producer, a state layout from another version) is dead-lettered rather
         # than crashing the worker on every restart.
@@ -441,7 +459,7 @@ class HeldWrites(MutableMapping[str, Any]):
         self.held.clear()
 
 
-def dead_letter_headers(msg: Message, rej: Rejection, rejected_at: float
+def dead_letter_headers(msg: Record, rej: Rejection, rejected_at: float
                         ) -> list[tuple[str, bytes]]:
     """Kafka Connect-style DLQ headers: the value stays the original bytes."""
     headers = [
