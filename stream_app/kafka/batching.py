@@ -7,9 +7,10 @@ works on batches anyway, so for its input topics the consumer (``transport.Consu
 appends each fetched message to a :class:`BatchSink` synchronously, and one task hands
 whatever has arrived to the batch handler. What a Faust stream guarantees is kept:
 
-- a message is tracked (``Consumer.track_message``) when its batch is taken and acked after
-  the handler returned (Faust's sensors see it in and out), so offsets are committed only for handled messages, in order, with
-  Faust's own gap tracking and commit task; a rebalance waits for the batch in flight;
+- a message is tracked (``Consumer.track_message``) when its batch is taken and acked when
+  the batch has settled (below; Faust's sensors see it in and out), so offsets are committed
+  only for handled messages, in order, with Faust's own gap tracking and commit task; a
+  rebalance waits for the batches in flight;
 - flow control: while a rebalance suspends the flow the sink takes nothing, Faust's
   ``flow_control.clear()`` empties it, and messages from an older consumer generation are
   dropped unhandled and unacked (they are fetched again from the committed offset);
