@@ -21,7 +21,7 @@ import orjson
 from .config import Settings
 from .events.parse import Limits
 from .health import PROBE_INTERVAL_S, BrokerWatch
-from .kafka.batching import BatchSink, OutputBatcher, flush_now, send_now
+from .kafka.batching import BatchSink, OutputBatcher, send_now
 from .kafka.clients import faust_credentials
 from .kafka.tables import WriteBehind
 from .metrics import Metrics
@@ -252,13 +252,6 @@ class Runtime:
             raise
         written.set_result(None)
         await asyncio.gather(*confirms)
-
-    async def settle_all(self) -> None:
-        """Wait until every batch handled so far has its state on the broker."""
-        last = self._last_written
-        if last is not None:
-            await asyncio.shield(last)
-        await flush_now(self._aiokafka_producer())
 
     def _aiokafka_producer(self) -> Any:
         return self.app.producer._ensure_producer()

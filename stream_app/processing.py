@@ -404,11 +404,12 @@ DELETED = object()  # a held delete (HeldWrites.held, WriteBehind.stage)
 
 
 class HeldWrites(MutableMapping[str, Any]):
-    """A table seen through writes held back: reads see them, :meth:`apply` makes them.
+    """A table seen through writes held back: reads see them; ``held`` is what the step
+    wrote (:data:`DELETED` for a delete), for the caller to write later.
 
-    The worker runs a step against held writes, sends the step's outputs, waits until the
-    broker has them, and only then writes the table (whose changelog is what survives a
-    crash). So a crash either loses the state of the batch, which is then replayed and sends
+    The worker runs a step against held writes, sends the step's outputs, and writes the
+    table only once the broker has them (:class:`..kafka.tables.WriteBehind`: the table's
+    changelog is what survives a crash). So a crash either loses the state of the batch, which is then replayed and sends
     the same outputs again (same change ids), or finds it stored after its outputs were
     delivered. Written the other way round, a crash between the two would leave the state
     stored and its segment changes and merge requests lost: the replayed events are then
@@ -447,16 +448,6 @@ class HeldWrites(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
-
-    def apply(self) -> None:
-        """Write what was held to the table (in the order it was written)."""
-        table = self.table
-        for key, value in self.held.items():
-            if value is not DELETED:
-                table[key] = value
-            elif key in table:
-                del table[key]
-        self.held.clear()
 
 
 def dead_letter_headers(msg: Record, rej: Rejection, rejected_at: float

@@ -308,9 +308,3 @@ def send_now(producer: Any) -> None:
             batch._builder.close()
     if not waiter.done():
         waiter.set_result(None)
-
-
-async def flush_now(producer: Any) -> None:
-    """``producer.flush()`` without waiting out ``linger_ms`` (see :func:`send_now`)."""
-    send_now(producer)
-    await producer.flush()

@@ -149,7 +149,3 @@ class WriteBehind(Mapping[str, Any]):
                 data.set_persisted_offset(tp, last.result().offset + count - 1)
         done.add_done_callback(persisted)
         return done
-
-    def discard_staged(self) -> None:
-        """Forget staged writes (after a failed batch, or a rebalance with nothing in flight)."""
-        self.staged.clear()

@@ -196,17 +196,24 @@ async def test_a_failing_handler_crashes_the_app_without_acking() -> None:
     assert isinstance(app.crashed, RuntimeError) and app.consumer.acked == []
 
 
-async def test_a_batch_is_acked_when_it_settles_and_the_next_one_is_handled_meanwhile() -> None:
-    # The worker's handler returns when a batch's outputs are on the broker; its state writes
-    # settle later. The next batch must not wait for that, and nothing is acked before it.
-    app = FakeApp()
-    settlements: list[asyncio.Future[None]] = []
+def settling_handler() -> tuple[Any, list[list[int]], list[asyncio.Future[None]]]:
+    """A handler that records each batch's offsets and returns a settlement the test
+    resolves: (handler, offsets handled per batch, settlements in batch order)."""
     handled: list[list[int]] = []
+    settlements: list[asyncio.Future[None]] = []
 
     async def handler(batch: list[Message]) -> asyncio.Future[None]:
         handled.append([m.offset for m in batch])
         settlements.append(asyncio.get_running_loop().create_future())
         return settlements[-1]
+    return handler, handled, settlements
+
+
+async def test_a_batch_is_acked_when_it_settles_and_the_next_one_is_handled_meanwhile() -> None:
+    # The worker's handler returns when a batch's outputs are on the broker; its state writes
+    # settle later. The next batch must not wait for that, and nothing is acked before it.
+    app = FakeApp()
+    handler, handled, settlements = settling_handler()
 
     sink = sink_for(app, handler, max_batch=2, max_settling=1)
     task = asyncio.create_task(sink.run())
@@ -232,13 +239,7 @@ async def test_a_batch_is_acked_when_it_settles_and_the_next_one_is_handled_mean
 
 async def test_up_to_max_settling_batches_settle_while_more_are_handled() -> None:
     app = FakeApp()
-    settlements: list[asyncio.Future[None]] = []
-    handled: list[list[int]] = []
-
-    async def handler(batch: list[Message]) -> asyncio.Future[None]:
-        handled.append([m.offset for m in batch])
-        settlements.append(asyncio.get_running_loop().create_future())
-        return settlements[-1]
+    handler, handled, settlements = settling_handler()
 
     sink = sink_for(app, handler, max_batch=1, max_buffered=10, max_settling=3)
     task = asyncio.create_task(sink.run())
@@ -266,11 +267,7 @@ async def test_up_to_max_settling_batches_settle_while_more_are_handled() -> Non
 
 async def test_a_failed_settlement_crashes_the_app_and_acks_nothing_of_it_or_later() -> None:
     app = FakeApp()
-    settlements: list[asyncio.Future[None]] = []
-
-    async def handler(batch: list[Message]) -> asyncio.Future[None]:
-        settlements.append(asyncio.get_running_loop().create_future())
-        return settlements[-1]
+    handler, _, settlements = settling_handler()
 
     sink = sink_for(app, handler, max_batch=1, max_buffered=10, max_settling=3)
     task = asyncio.create_task(sink.run())
