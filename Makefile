@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/segmenter demo
+	$(BIN)/segmenter demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	@sh scripts/test-deps.sh

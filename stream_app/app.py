@@ -266,9 +266,9 @@ class Runtime:
         for change in result.changes:
             out.add(s.changes_topic, change.customer_id.encode(), change_bytes(change))
         for msg, rej in result.dead_letters:
-            # keyed as the message was; a message without a key goes where it came from
+            # keyed as the message was; the default partitioner over the topic's actual
+            # partitions (round-robin without a key): the DLQ may have any partition count
             out.add(s.dlq_topic, msg.key, rej.payload,
-                    None if msg.key is not None else msg.partition,
                     headers=dead_letter_headers(msg, rej, wall))
         if result.samples and self.behavior is not None:
             for feats in result.samples:

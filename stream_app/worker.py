@@ -9,7 +9,7 @@ import threading
 import faust
 
 from .config import Settings
-from .kafka.clients import ensure_topics
+from .kafka.clients import check_partitions, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def run_worker(settings: Settings) -> None:
 
     configure_logging(settings.log_level)
     counts = ensure_topics(settings)
+    check_partitions(settings, counts)
     for topic, n in counts.items():
         if topic == settings.input_topic and n != settings.partitions:
             log.warning("topic %s has %d partitions, SEGMENTER_PARTITIONS=%d: events are "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,8 +28,11 @@ from ..kafka.broker import EmbeddedBroker, free_port
 from ..kafka.clients import kafka_python_config
 from .publish import producer_for, publish
 
-BAD_EXAMPLES = [b"{not json", b'{"type":"track","event":"Order Completed"}',
-                b'{"type":"track","event":"Order Completed","userId":"x","properties":{"total":-5}}']
+# (key, value): keyless and keyed, to show the dead-letter path; a worker must survive both
+BAD_EXAMPLES = [(None, b"{not json"), (None, b'{"type":"track","event":"Order Completed"}'),
+                (b"x", b'{"type":"track","event":"Order Completed","userId":"x",'
+                       b'"properties":{"total":-5}}'),
+                (b"y", b'{"type":"page","userId":7,"messageId":null}')]
 
 
 class Demo:
@@ -83,13 +87,33 @@ class Demo:
                        threading.Thread(target=self._poll, daemon=True)]
             for t in threads:
                 t.start()
-            self._live()
-            return 0
+            alive = self._live()
+            self._summary()
+            return 0 if alive else 1
         except KeyboardInterrupt:
-            return 0
+            self._summary()
+            return 0 if self.worker.poll() is None else 1
         finally:
             self.stop.set()
             self._shutdown()
+
+    def _summary(self) -> None:
+        """One line a person or a test can read: what flowed, and whether the worker lives."""
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            self.health = httpx.get(self.base + "/health", timeout=2).json()
+        st = self.health.get("stats", {})
+        alive = self.worker is not None and self.worker.poll() is None
+        self.console.print()
+        self.console.print(
+            f"demo summary: worker {'alive' if alive else 'DEAD'}, published {self.sent}, "
+            f"applied {st.get('applied', 0)}, dead letters {st.get('dead_letters', 0)}, "
+            f"segment changes {self.changes_seen}", soft_wrap=True)
+        if not alive:
+            log = Path(self.settings.data_dir) / "demo" / "worker.log"
+            tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+            self.console.print("[red]the worker exited[/] (code "
+                               f"{self.worker.returncode if self.worker else '?'}); "
+                               f"the end of {log}:\n" + "\n".join(tail), markup=False)
 
     def _shutdown(self) -> None:
         if self.worker and self.worker.poll() is None:
@@ -124,8 +148,8 @@ class Demo:
         sim = simulate(customers=self.customers, days=self.days, seed=7, start=start)
         producer = producer_for(self.settings)
         try:
-            for raw in BAD_EXAMPLES:  # show the dead-letter path too
-                producer.send(self.settings.input_topic, value=raw)
+            for key, raw in BAD_EXAMPLES:  # show the dead-letter path too
+                producer.send(self.settings.input_topic, key=key, value=raw)
 
             def count(n: int) -> None:
                 self.sent += n
@@ -159,8 +183,10 @@ class Demo:
             self.stop.wait(1.0)
 
     # --- view ---------------------------------------------------------------------------------
-    def _live(self) -> None:
+    def _live(self) -> bool:
+        """The live view until Ctrl-C, ``duration`` or the worker's death (then False)."""
         started = time.monotonic()
+        alive = True
         with Live(self._render(), console=self.console, refresh_per_second=2,
                   transient=False) as live:
             while not self.stop.is_set():
@@ -168,10 +194,12 @@ class Demo:
                     break
                 if self.worker is not None and self.worker.poll() is not None:
                     self.console.print("[red]worker exited unexpectedly[/]")
+                    alive = False
                     break
                 live.update(self._render())
                 self.stop.wait(0.5)
             live.update(self._render())
+        return alive
 
     def _render(self) -> Group:
         st = self.health.get("stats", {})

@@ -35,7 +35,7 @@ def settings_or_exit(**overrides: object):  # type: ignore[no-untyped-def]
 @cli.command()
 def worker() -> None:
     """Run a worker against SEGMENTER_BROKER_URL (scale out by starting more)."""
-    from ..kafka.clients import BrokerUnreachable
+    from ..kafka.clients import BrokerUnreachable, TopicMismatch
     from ..segmentation.rules import DefinitionsError
     from ..worker import run_worker
 
@@ -45,7 +45,7 @@ def worker() -> None:
     except DefinitionsError as exc:
         console.print(f"[bold red]segmenter:[/] SEGMENTER_SEGMENTS_FILE: {exc}")
         raise typer.Exit(2) from None
-    except BrokerUnreachable as exc:
+    except (BrokerUnreachable, TopicMismatch) as exc:
         from rich.markup import escape
 
         console.print(f"[bold red]segmenter:[/] {escape(str(exc))}")

@@ -243,6 +243,8 @@ class OutputBatcher:
     one partition keep the order they were added in.
     """
 
+    _round_robin = 0  # keyless records spread over partitions across batches, not per batch
+
     def __init__(self) -> None:
         self.records: dict[tuple[str, int | None], list[tuple[
             bytes | None, bytes | None, list[tuple[str, bytes]]]]] = {}
@@ -256,14 +258,20 @@ class OutputBatcher:
     def _by_partition(self, producer: Any) -> dict[tuple[str, int], list[Any]]:
         out: dict[tuple[str, int], list[Any]] = {}
         for (topic, partition), records in self.records.items():
-            if partition is not None:
-                out.setdefault((topic, partition), []).extend(records)
-                continue
             n = len(producer._metadata.partitions_for_topic(topic) or ())
             if not n:
                 raise RuntimeError(f"no partitions known for topic {topic}")
-            for i, rec in enumerate(records):
-                part = routing.partition_for(rec[0].decode(), n) if rec[0] is not None else i % n
+            if partition is not None:
+                if partition >= n:  # checked at start-up (worker.check_topics); never guessed
+                    raise RuntimeError(f"topic {topic} has {n} partitions, not {partition + 1}")
+                out.setdefault((topic, partition), []).extend(records)
+                continue
+            for rec in records:
+                if rec[0] is not None:
+                    part = routing.partition_for(rec[0].decode(), n)
+                else:
+                    part = OutputBatcher._round_robin % n
+                    OutputBatcher._round_robin += 1
                 out.setdefault((topic, part), []).append(rec)
         return out
 
@@ -273,7 +281,7 @@ class OutputBatcher:
         delivery futures."""
         if not self.count:
             return []
-        for topic in {t for t, p in self.records if p is None}:
+        for topic in {t for t, _ in self.records}:
             await producer.client._wait_on_metadata(topic)
         sent = []
         for (topic, partition), records in self._by_partition(producer).items():

@@ -89,6 +89,33 @@ class BrokerUnreachable(RuntimeError):
     """The cluster did not answer at start-up; the message names the settings involved."""
 
 
+class TopicMismatch(RuntimeError):
+    """An existing topic has a partition count the service cannot work with; the message
+    names the topic, both counts and what to do."""
+
+
+def co_partitioned_topics(settings: Settings) -> list[str]:
+    """Topics whose partition ``p`` must hold the customers of table partition ``p``: the
+    service writes to their partitions by number, so their count must be
+    ``SEGMENTER_PARTITIONS`` exactly. (The input may have any count: what arrives on a
+    partition the worker does not own is re-keyed through the routed topic; the DLQ and
+    the changes topic are written with the default partitioner over their actual count.)"""
+    return [settings.routed_topic, f"{settings.app_id}-customers-changelog",
+            f"{settings.app_id}-aliases-changelog"]
+
+
+def check_partitions(settings: Settings, counts: dict[str, int]) -> None:
+    """Raise :class:`TopicMismatch` if a co-partitioned topic exists with another count."""
+    for topic in co_partitioned_topics(settings):
+        n = counts.get(topic)
+        if n and n != settings.partitions:
+            raise TopicMismatch(
+                f"topic {topic} has {n} partitions but SEGMENTER_PARTITIONS={settings.partitions}: "
+                f"the worker writes customer p's records to partition p of it. Set "
+                f"SEGMENTER_PARTITIONS={n}, or a new SEGMENTER_APP_ID (its internal topics are "
+                f"created with the right count)")
+
+
 def connection_summary(settings: Settings) -> str:
     """The connection settings in use, as a user sets them (never the password)."""
     parts = [f"SEGMENTER_BROKER_URL={settings.broker_url}",
@@ -131,7 +158,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 admin.create_topics(new)
         counts: dict[str, int] = {}
-        for meta in admin.describe_topics([name for name, _, _ in topic_specs(settings)]):
+        names = [name for name, _, _ in topic_specs(settings)]
+        names += [t for t in co_partitioned_topics(settings) if t in existing and t not in names]
+        for meta in admin.describe_topics(names):
             counts[meta.get("topic") or meta["name"]] = len(meta.get("partitions") or [])
         return counts
     finally:
