@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -37,8 +38,13 @@ def trainer_settings(rt: Runtime) -> TrainerSettings:
                            snapshot_every_s=s.model_snapshot_every_s)
 
 
-async def read_last(rt: Runtime, topic: str, timeout: float = 10.0) -> bytes | None:
-    """The newest value of a one-partition topic (None when empty or missing)."""
+async def read_last(rt: Runtime, topic: str, timeout: float = 60.0) -> bytes | None:
+    """The newest value of a one-partition topic (None when empty or missing).
+
+    Reads to the partition's end offset as the broker reports it when the read starts, not
+    to the first empty fetch: a slow fetch must not make an older value look newest (the
+    trainer would resume from a stale checkpoint and reissue versions and segment ids).
+    ``TimeoutError`` if the end is not reached in ``timeout`` seconds."""
     consumer = aiokafka.AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
                                          **aiokafka_config(rt.settings))
     await consumer.start()
@@ -47,15 +53,17 @@ async def read_last(rt: Runtime, topic: str, timeout: float = 10.0) -> bytes | N
         if topic not in await consumer.topics():
             return None
         consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_beginning(tp)
         last: bytes | None = None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=300, max_records=1000)
-            records = batch.get(tp, [])
-            if not records:
-                break
-            last = records[-1].value
+        while await consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: end offset {end} not reached in {timeout:.0f}s")
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=1000)
+            for record in batch.get(tp, []):
+                if record.offset < end and record.value is not None:
+                    last = record.value
         return last
     finally:
         await consumer.stop()
@@ -91,8 +99,12 @@ def install(rt: Runtime, behavior: BehaviorSegmentation) -> None:
         if state["trainer"] is None or state["generation"] != generation:
             # The partition may just have moved here: resume from the last checkpoint.
             saved = await read_last(rt, s.trainer_topic)
-            state["trainer"] = (Trainer.from_json(saved) if saved
-                                else Trainer(trainer_settings(rt)))
+            trainer = Trainer.from_json(saved) if saved else Trainer(trainer_settings(rt))
+            published = await read_last(rt, s.model_topic)
+            if published is not None:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    trainer.catch_up(orjson.loads(published))
+            state["trainer"] = trainer
             state["generation"] = generation
             log.info("trainer %s (%d samples learned)",
                      "resumed from checkpoint" if saved else "started fresh",
@@ -142,12 +154,16 @@ async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
         while not rt.app.should_stop:
             batch = await consumer.getmany(tp, timeout_ms=1000, max_records=100)
             for record in batch.get(tp, []):
+                # A snapshot that cannot be loaded is skipped, never retried from the start:
+                # the follower would never reach the newer ones behind it.
                 try:
-                    snapshot = orjson.loads(record.value)
-                except orjson.JSONDecodeError:
-                    log.warning("unreadable model snapshot at offset %d", record.offset)
+                    snapshot = orjson.loads(record.value or b"")
+                    loaded = behavior.load(snapshot)
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    log.warning("skipping a model snapshot that cannot be loaded (offset %d): "
+                                "%s", record.offset, str(exc)[:200])
                     continue
-                if behavior.load(snapshot):
+                if loaded:
                     rt.metrics.set_model(int(snapshot.get("version", 0)),
                                          float(snapshot.get("created_at", time.time())))
                     log.info("scoring with model version %s", snapshot.get("version"))

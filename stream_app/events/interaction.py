@@ -7,6 +7,7 @@ segmentation uses. It travels on the internal routed topic as a JSON array.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,7 @@ TRACK_KINDS: dict[str, str] = {
     "live chat started": SUPPORT,
 }
 
+_KIND_SET = frozenset(KINDS)
 EMAIL_KINDS = frozenset({EMAIL_OPEN, EMAIL_CLICK, EMAIL_UNSUBSCRIBE})
 
 
@@ -82,7 +84,28 @@ class Interaction:
         ]
 
     @classmethod
-    def from_wire(cls, row: list[Any]) -> Interaction:
+    def from_wire(cls, row: Any) -> Interaction:
+        """The interaction of a wire row; ``ValueError`` naming the field if the row is not
+        one (a routed record from a foreign producer or another version must be
+        dead-lettered, never crash the worker)."""
+        if not isinstance(row, list) or len(row) != 12:
+            raise ValueError("an interaction row is a list of 12 fields")
         (kind, cid, mid, ts, uid, aid, name, amount, cats, channel, traits, prev) = row
+        if kind not in _KIND_SET:
+            raise ValueError(f"kind: unknown {str(kind)[:40]!r}")
+        for field, v in (("customer_id", cid), ("message_id", mid)):
+            if not isinstance(v, str) or not v:
+                raise ValueError(f"{field}: a non-empty string is required, not {type(v).__name__}")
+        for field, v in (("user_id", uid), ("anonymous_id", aid), ("name", name),
+                         ("channel", channel), ("previous_id", prev)):
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"{field}: a string or null is required, not {type(v).__name__}")
+        for field, v in (("ts", ts), ("amount", amount)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"{field}: a finite number is required, not {str(v)[:40]!r}")
+        if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+            raise ValueError("categories: a list of strings is required")
+        if traits is not None and not isinstance(traits, dict):
+            raise ValueError(f"traits: an object or null is required, not {type(traits).__name__}")
         return cls(kind, cid, mid, float(ts), uid, aid, name, float(amount), tuple(cats),
                    channel, traits, prev)

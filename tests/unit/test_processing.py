@@ -397,6 +397,16 @@ def test_alias_of_one_user_id_to_another_merges_and_forwards_later_events() -> N
     None, b"", b"garbage", b'["merge", "a"]', b'["ev", [1, 2]]', b'["ev", "x"]',
     routing.absorb_op(USER, ANON, b'[99, "not a state"]'),
     routing.absorb_op(USER, ANON, b"{}"),
+    # wrong types inside a well-shaped event row (once an AttributeError: a crash loop)
+    orjson.dumps(["ev", ["order", 7, "m1", T0, None, None, None, 1.0, [], None, None, None]]),
+    orjson.dumps(["ev", ["order", USER, None, T0, None, None, None, 1.0, [], None, None, None]]),
+    orjson.dumps(["ev", ["order", USER, "m1", "soon", None, None, None, 1.0, [], None, None,
+                         None]]),
+    orjson.dumps(["ev", ["order", USER, "m1", T0, None, None, None, 1.0, [3], None, None, None]]),
+    orjson.dumps(["ev", ["order", USER, "m1", T0, None, 5, None, 1.0, [], None, None, None]]),
+    orjson.dumps(["ev", ["order", USER, "m1", T0, None, None, None, 1.0, [], None, [1], None]]),
+    orjson.dumps(["ev", ["nonsense", USER, "m1", T0, None, None, None, 1.0, [], None, None,
+                         None]]),
 ])
 def test_unreadable_routed_operations_are_dead_lettered(value: bytes | None) -> None:
     step = new_step()

@@ -36,7 +36,7 @@ import orjson
 
 from . import profiles
 from .models import Clusterer, make_model, model_from_snapshot
-from .stable import id_order, match
+from .stable import PREFIX, id_order, match
 from .vectorize import FEATURES, RunningScaler, Scaling, vectorize
 
 FORMAT = 1
@@ -207,6 +207,18 @@ class Trainer:
             "next_id": self.next_id,
             "last": self.last,
         })
+
+    def catch_up(self, snapshot: Mapping[str, Any]) -> None:
+        """Never reissue what a published ``snapshot`` used: its version, or a segment id
+        it named (the checkpoint is written after the snapshot, so a crash between the two
+        leaves the checkpoint one version behind)."""
+        self.version = max(self.version, int(snapshot.get("version", 0)))
+        used = [seg.get("id") for seg in snapshot.get("segments", ())]
+        used += list(snapshot.get("retired", ()))
+        numbers = [int(sid[len(PREFIX):]) for sid in used
+                   if isinstance(sid, str) and sid.startswith(PREFIX) and sid[len(PREFIX):].isdigit()]
+        if numbers:
+            self.next_id = max(self.next_id, max(numbers) + 1)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Trainer:
