@@ -11,8 +11,8 @@ from kafka import KafkaProducer
 from stream_app.modeling import MODEL_KEY
 from stream_app.segmentation.clustering import Trainer, TrainerSettings
 
-from .conftest import wait_for
 from ..unit.test_trainer import stream
+from .conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
