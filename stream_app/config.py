@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     shutdown_timeout: PositiveFloat = Field(8.0, le=60)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for the endpoints that serve personal data "
+        "(/customers/{id}); unset: they answer loopback clients only")
 
     # --- Input limits -----------------------------------------------------------------------
     max_message_bytes: PositiveInt = Field(256 * 1024, le=16 * 1024 * 1024)

@@ -334,7 +334,7 @@ class _Batch:
             state = CustomerState(customer_id=anon)
         else:
             self.step.exit_all(state, f"merge:{anon}->{user}", state.last_seen, ingest_ts,
-                               f"merged into customer {user}", self.result.changes)
+                               "merged into another customer", self.result.changes)
             self.work[anon] = None
             self.dirty.add(anon)
         self._route(user, routing.absorb_op(user, anon, codec.dumps_json(state)))

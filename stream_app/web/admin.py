@@ -10,7 +10,6 @@ links of its anonymous ids are removed, and later events start a new customer. T
 
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from faust.web import Request, Response, View
 
 from ..kafka import routing
+from .access import Gate
 
 if TYPE_CHECKING:
     from ..app import Runtime
@@ -32,17 +32,8 @@ def register_admin(rt: Runtime) -> None:
     if token is None or not token.get_secret_value():
         log.info("admin endpoints off (SEGMENTER_ADMIN_TOKEN is not set)")
         return
-    expected = token.get_secret_value().encode()
-
-    def denied(view: View, request: Request) -> Response | None:
-        """401 without credentials, 403 with the wrong ones, None when allowed."""
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return view.json({"error": "bearer token required"}, status=401,
-                             headers={"WWW-Authenticate": 'Bearer realm="segmenter-admin"'})
-        if not hmac.compare_digest(given.strip().encode(), expected):
-            return view.json({"error": "invalid token"}, status=403)
-        return None
+    denied = Gate(token, setting="SEGMENTER_ADMIN_TOKEN", realm="segmenter-admin",
+                  loopback_without_token=False).check
 
     @rt.app.page("/admin/customers/{customer_id}")
     class Customer(View):

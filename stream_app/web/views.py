@@ -13,6 +13,7 @@ from faust.web import Request, Response, View
 
 from ..state.codec import to_json
 from ..state.features import features
+from .access import Gate
 from .admin import register_admin
 
 if TYPE_CHECKING:
@@ -44,9 +45,15 @@ def register_views(rt: Runtime) -> None:
             }
             return self.json(body, status=200 if consumer_ready else 503)
 
+    personal = Gate(rt.settings.api_token, setting="SEGMENTER_API_TOKEN",
+                    realm="segmenter", loopback_without_token=True)
+
     @app.page("/customers/{customer_id}")
     class Customer(View):
         async def get(self, request: Request, customer_id: str) -> Response:
+            refused = personal.check(self, request)
+            if refused is not None:
+                return refused
             # The customer's partition may be served by another worker: proxy there.
             try:
                 return await app.router.route_req(rt.customers.name, customer_id, self.web,
