@@ -18,6 +18,14 @@ infinite). The optimiser itself is boxed at ``[1e-6, 1e6]`` times the data's sca
 likelihood that keeps rising towards a degenerate limit (a population of identical
 customers: ``r, alpha -> inf``) stops at the box and is reported as failed.
 
+Sample: ``SAMPLE_SIZE`` = 300,000 customers (all of them below that). Measured against the
+fit on all of 1,000,000 simulated customers (``bench/predictive.py``, "sampling"), a uniform
+sample of 300,000 moves the parameters by at most 2.3 % and customers' expected 90-day orders
+by 0.4 % on average (2.5 % for the worst customer); 100,000 gives 0.7 % (8.6 %). Fitting
+300,000 takes about a second on 2 cores. Minimums: 500 customers and 100 repeaters made
+every fit usable and put customers' expected orders within 7.5 % (median) of the truth's;
+at 200 a quarter of fits failed and the median error was 12 %.
+
 Fitting: L-BFGS-B on the log-parameters with the analytic gradient, times scaled by the mean
 ``T`` and spends by the mean ``m_x`` (so one starting point and one tolerance fit every
 currency and time span), the mean log-likelihood as objective. Identical rows can be given
@@ -41,10 +49,10 @@ from .bgnbd import BgNbdParams
 from .gamma_gamma import GammaGammaParams
 
 FORMAT = 1
-MIN_CUSTOMERS = 200
-MIN_REPEATERS = 50
+MIN_CUSTOMERS = 500
+MIN_REPEATERS = 100
 MIN_GG_CUSTOMERS = 100
-SAMPLE_SIZE = 100_000
+SAMPLE_SIZE = 300_000
 SHAPE = (1e-4, 1e4)
 PLAUSIBLE = {"r": SHAPE, "a": SHAPE, "b": SHAPE, "p": SHAPE, "q": SHAPE,
              "alpha": (1e-3, 1e7),  # days; r / alpha is the mean number of purchases a day
