@@ -355,7 +355,9 @@ def test_predictor_from_fits_needs_a_usable_bgnbd_fit():
     assert predictor is not None and predictor.gamma_gamma is None
 
 
-customer = st.tuples(st.integers(1, 3000), st.floats(0.0, 1.0), st.floats(0.0, 20_000.0))
+# (x, t_x / T, T): at most one repeat purchase a day, so 1 <= x <= max(t_x, 1)
+customer = st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 20_000.0)).map(
+    lambda c: (max(1, min(3000, math.floor(c[0] * c[1] * c[2]))), c[1], c[2]))
 params = st.builds(BgNbdParams, st.floats(0.01, 50.0), st.floats(0.1, 500.0),
                    st.floats(0.01, 50.0), st.floats(0.01, 50.0))
 
