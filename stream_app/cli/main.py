@@ -53,6 +53,33 @@ def worker() -> None:
 
 
 @cli.command()
+def collect() -> None:
+    """Serve the Segment / RudderStack HTTP Tracking API on SEGMENTER_COLLECTOR_PORT and
+    produce the events to the input topic (docs/collector.md)."""
+    from rich.markup import escape
+
+    from ..collector.server import run_collector
+    from ..collector.settings import load_collector_settings
+    from ..kafka.clients import BrokerUnreachable
+
+    try:
+        settings = load_collector_settings()
+    except SettingsError as exc:
+        console.print(f"[bold red]segmenter:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    try:
+        run_collector(settings)
+    except BrokerUnreachable as exc:
+        console.print(f"[bold red]segmenter:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except OSError as exc:  # the port is taken, the address is not this host's
+        console.print(f"[bold red]segmenter:[/] cannot listen on {settings.collector_host}:"
+                      f"{settings.collector_port} (SEGMENTER_COLLECTOR_HOST, "
+                      f"SEGMENTER_COLLECTOR_PORT): {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+@cli.command()
 def broker(
     port: int = typer.Option(9092, help="Loopback port to listen on (0: any free port)."),
 ) -> None:
