@@ -9,6 +9,8 @@ Before that each event is completed as Segment's API does it:
 - ``type`` from the endpoint (``/v1/track`` -> ``track``); in a batch each event names its own.
 - batch-level ``context`` merged under each event's own (the event's keys win).
 - ``writeKey`` removed (it authenticated the request; it is not event data).
+- an ``identify`` without ``traits`` takes ``context.traits``: where RudderStack's SDKs put
+  them (the event models read the top-level ``traits`` only).
 - ``messageId``, when missing: ``api-`` and a digest of the event as sent when it has a
   timestamp (a retried request then carries the same id and is applied once), else a random
   one (a new event, at ``receivedAt``). The SDKs always send one.
@@ -188,6 +190,10 @@ def complete(item: dict[str, Any], batch_context: dict[str, Any] | None, batch_s
         own = event.get("context")
         event["context"] = {**batch_context, **own} if isinstance(own, dict) else (
             own if own is not None else dict(batch_context))
+    if event.get("type") == "identify" and event.get("traits") is None:
+        context = event.get("context")
+        if isinstance(context, dict) and isinstance(context.get("traits"), dict):
+            event["traits"] = context["traits"]
     client_ts = event.get("timestamp")
     if client_ts is None:
         client_ts = event.get("originalTimestamp")

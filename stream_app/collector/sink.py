@@ -143,16 +143,21 @@ class Sink:
             done, pending = await asyncio.wait(
                 futures, timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # timeout waiting for metadata / buffer space, client error
+            for fut in futures:
+                fut.add_done_callback(_retrieve)
             self._failed(_describe(exc))
             raise KafkaUnavailable(_describe(exc)) from None
         if pending:
+            # they may still be delivered (then the SDK's retry is a duplicate, applied once
+            # by messageId) or fail: either way nobody waits for them any more
+            for fut in pending:
+                fut.add_done_callback(_retrieve)
             self._failed(f"no acknowledgement within {timeout:g}s")
             raise KafkaUnavailable(f"no acknowledgement within {timeout:g}s")
-        for fut in done:
-            exc = fut.exception()
-            if exc is not None:
-                self._failed(_describe(exc))
-                raise KafkaUnavailable(_describe(exc))
+        errors = [exc for fut in done if (exc := fut.exception()) is not None]
+        if errors:
+            self._failed(_describe(errors[0]))
+            raise KafkaUnavailable(_describe(errors[0]))
 
     async def _enqueue(self, intake: Intake, rejected_at: float,
                        futures: list[asyncio.Future[Any]]) -> None:
@@ -171,6 +176,11 @@ class Sink:
                     headers.append(("segmenter.dlq.batch_index", str(rej.batch_index).encode()))
                 futures.append(await send(self.settings.dlq_topic, rej.payload, key=key,
                                           headers=headers))
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _quietly_stop(producer: Any) -> None:

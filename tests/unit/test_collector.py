@@ -289,3 +289,12 @@ def test_message_id_kept_or_derived() -> None:
     assert d["messageId"] != e["messageId"]  # no time of its own: a new event each time
     (f,) = produced(take("track", {**event, "messageId": "mine"}))
     assert f["messageId"] == "mine"
+
+
+def test_rudderstack_identify_traits_from_the_context() -> None:
+    (event,) = produced(take("batch", {"batch": [
+        {"type": "identify", "userId": "u", "context": {"traits": {"age": 51}}}]}))
+    assert event["traits"] == {"age": 51}
+    (event,) = produced(take("identify", {"userId": "u", "traits": {"age": 7},
+                                          "context": {"traits": {"age": 51}}}))
+    assert event["traits"] == {"age": 7}  # the event's own traits win
