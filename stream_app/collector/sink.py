@@ -18,12 +18,14 @@ from typing import Any, cast
 
 from ..health import PROBE_INTERVAL_S, BrokerWatch
 from ..kafka.clients import BrokerUnreachable, aiokafka_config, connection_summary
+from .batches import SharedBatches
 from .intake import Intake
 from .metrics import CollectorMetrics
 from .settings import CollectorSettings
 
 log = logging.getLogger(__name__)
 DLQ_ORIGIN = b"collector"
+BATCH_BYTES = 512 * 1024  # a record batch; under Kafka's default message.max.bytes (1 MiB)
 
 
 class KafkaUnavailable(Exception):
@@ -39,6 +41,7 @@ class Sink:
         self.failed_at: float | None = None
         self.last_error: str | None = None
         self._producer: Any = None
+        self._batches: SharedBatches | None = None
         self._probe: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -75,6 +78,8 @@ class Sink:
                 continue
             break
         self._producer, self.idempotent = producer, idempotent
+        self._batches = SharedBatches(producer, self.settings.input_topic,
+                                      self.settings.collector_linger_ms / 1000)
         self._probe = asyncio.create_task(self._probe_loop(), name="collector-broker-probe")
 
     def _new_producer(self, idempotent: bool) -> Any:
@@ -84,7 +89,8 @@ class Sink:
         return AIOKafkaProducer(
             client_id=f"{self.settings.app_id}-collector", acks="all",
             enable_idempotence=idempotent, linger_ms=self.settings.collector_linger_ms,
-            request_timeout_ms=timeout_ms, max_request_size=2 * 1024 * 1024,
+            request_timeout_ms=timeout_ms, max_batch_size=BATCH_BYTES,
+            max_request_size=max(4 * BATCH_BYTES, 2 * self.settings.max_message_bytes),
             retry_backoff_ms=100, **aiokafka_config(self.settings))
 
     async def stop(self) -> None:
@@ -93,6 +99,9 @@ class Sink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         await self.watch.close()
+        if self._batches is not None:
+            with contextlib.suppress(Exception):
+                await self._batches.close(self.settings.collector_ack_timeout_s)
         if self._producer is not None:
             # flushes what is buffered; bounded, the broker may be gone
             with contextlib.suppress(Exception):
@@ -161,10 +170,9 @@ class Sink:
 
     async def _enqueue(self, intake: Intake, rejected_at: float,
                        futures: list[asyncio.Future[Any]]) -> None:
+        assert self._batches is not None
+        futures += await self._batches.add(intake.records)
         send = self._producer.send
-        topic = self.settings.input_topic
-        for key, value in intake.records:
-            futures.append(await send(topic, value, key=key))
         if intake.rejected:
             when = _iso(rejected_at).encode()
             for rej, key in zip(intake.rejected, intake.rejected_keys, strict=True):
