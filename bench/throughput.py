@@ -1129,11 +1129,28 @@ def markdown(r: dict[str, Any]) -> str:
                   + ("" if rss["customers"] >= 1_000_000 else
                      f" -> {rss['extrapolated_1m_mib']:,} MiB at 1M (straight-line "
                      "extrapolation)") + f"; {rss['disk_mib']} MiB on disk."]
+    extra = []
+    if r.get("collector"):
+        lines += phase_module("collector").markdown_lines(r["collector"])
+        extra = phase_module("collector").verdicts(r["collector"])
     lines += ["", "| target | measured | required | met |", "| --- | --- | --- | --- |"]
-    for name, got, need, ok in verdicts(r):
+    for name, got, need, ok in verdicts(r) + extra:
         met = "" if ok is None else "yes" if ok else "no"
         lines.append(f"| {name} | {got} | {need} | {met} |")
     return "\n".join(lines)
+
+
+def phase_module(name: str) -> Any:
+    """``bench/<name>.py``: a phase kept in a file of its own (loaded once)."""
+    import importlib.util
+
+    key = f"segmenter_bench_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
+        assert spec is not None and spec.loader is not None
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -1147,7 +1164,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--phases", default="step,baseline,worker1,worker2,latency,rss",
-                    help="comma-separated subset of step,baseline,worker1,worker2,latency,rss")
+                    help="comma-separated subset of step,baseline,worker1,worker2,latency,rss,"
+                         "collector (the HTTP collector: bench/collector.py)")
+    ap.add_argument("--collector-seconds", type=float, default=10.0,
+                    help="collector phase: seconds per measurement")
+    ap.add_argument("--collector-clients", type=int, default=16,
+                    help="collector phase: concurrent HTTP clients")
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-rate", type=float, default=0.0,
                     help="events/s for the latency phase (default: half worker1's throughput)")
@@ -1211,6 +1233,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     key=lambda d: d["rate_ev_s"])
         if "rss" in phases:
             results["rss"] = await rss_phase(ctx)
+        if "collector" in phases:
+            results["collector"] = await phase_module("collector").collector_phase(ctx)
     except BaseException:
         print(f"  (logs kept in {workdir})", file=sys.stderr)
         raise
