@@ -178,6 +178,15 @@ async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path,
     raise SystemExit(f"{url} not ready in {timeout}s")
 
 
+async def _wait_log(proc: subprocess.Popen[bytes], log: Path, text: str,
+                    timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"no {text!r} from {proc.args}:\n{log.read_text()[-2000:]}")
+        await asyncio.sleep(0.1)
+
+
 def _cpu(pid: int | None) -> float:
     try:
         t = psutil.Process(pid).cpu_times()
@@ -214,6 +223,7 @@ async def measure(name: str, proc: subprocess.Popen[bytes], url: str, bodies: li
     peak = await closed_loop(url, bodies, args.collector_clients, args.collector_seconds)
     wall = time.perf_counter() - wall0
     cores = {k: round((_cpu(pid) - before[k]) / wall, 2) for k, pid in cpu_pids.items()}
+    cores["server"] = round(sum(v for k, v in cores.items() if k.startswith("server")), 2)
     cores["driver"] = round((time.process_time() - driver0) / wall, 2)
     half = await open_loop(url, bodies, max(BATCH, peak["ev_s"] / 2), args.collector_seconds)
     print(f"  {name}: {peak['ev_s']:,} ev/s; at {half['rate_ev_s']:,} ev/s p50 "
@@ -243,17 +253,24 @@ async def collector_phase(ctx: Any) -> dict[str, Any]:
     with EmbeddedBroker(log_path=ctx.workdir / "collector-broker.log") as broker:
         port = free_port()
         log = ctx.workdir / "collector.log"
-        proc = _start([sys.executable, "-m", "stream_app", "collect"], {
+        n = max(1, getattr(args, "collector_processes", 1))
+        procs = [_start([sys.executable, "-m", "stream_app", "collect"], {
             **env, "SEGMENTER_BROKER_URL": broker.url, "SEGMENTER_WRITE_KEYS": KEY,
-            "SEGMENTER_COLLECTOR_PORT": str(port), "SEGMENTER_LOG_LEVEL": "warning"}, log)
+            "SEGMENTER_COLLECTOR_PORT": str(port), "SEGMENTER_LOG_LEVEL": "info"},
+            log.with_suffix(f".{i}.log")) for i in range(n)]  # one port (SO_REUSEPORT)
+        out["processes"] = n
         try:
             base = f"http://127.0.0.1:{port}"
-            await _wait_http(base + "/health", proc, log)
+            for i, proc in enumerate(procs):  # each listening (/health may reach another)
+                await _wait_log(proc, log.with_suffix(f".{i}.log"), "collector listening")
+            await _wait_http(base + "/health", procs[0], log)
+            pids: dict[str, int | None] = {f"server{i}": p.pid for i, p in enumerate(procs)}
             out["collector"] = await measure(
-                "collector into Kafka", proc, base + "/v1/batch", bodies, args,
-                {"server": proc.pid, "broker": broker.pid})
+                f"collector into Kafka ({n} process{'es' if n > 1 else ''})", procs[0],
+                base + "/v1/batch", bodies, args, {**pids, "broker": broker.pid})
         finally:
-            _stop(proc)
+            for proc in procs:
+                _stop(proc)
         acked = out["collector"]["peak"]["events_ok"] + (
             out["collector"]["half_rate"]["requests"] - out["collector"]["half_rate"]["failed"]
         ) * BATCH
@@ -282,8 +299,10 @@ def markdown_lines(r: dict[str, Any]) -> list[str]:
              "| server | most ev/s | cores at that rate (server / broker / load generator) "
              "| p50 at half | p99 at half | max at half |",
              "| --- | ---: | --- | ---: | ---: | ---: |"]
-    for key, name in (("bare", "bare aiohttp, JSON parse only (baseline)"),
-                      ("collector", "segmenter collect, into Kafka (acks=all)")):
+    n = r.get("processes", 1)
+    for key, name in (("bare", "bare aiohttp, JSON parse only (baseline), 1 process"),
+                      ("collector", f"segmenter collect, into Kafka (acks=all), {n} "
+                                    f"process{'es' if n > 1 else ''}")):
         d = r[key]
         c, h = d["cores_at_peak"], d["half_rate"]
         lines.append(f"| {name} | {d['peak']['ev_s']:,} | {c.get('server')} / "

@@ -1170,6 +1170,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="collector phase: seconds per measurement")
     ap.add_argument("--collector-clients", type=int, default=16,
                     help="collector phase: concurrent HTTP clients")
+    ap.add_argument("--collector-processes", type=int, default=1,
+                    help="collector phase: collector processes sharing one port")
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-rate", type=float, default=0.0,
                     help="events/s for the latency phase (default: half worker1's throughput)")

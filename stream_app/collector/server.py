@@ -159,7 +159,10 @@ async def serve(settings: CollectorSettings, *, started: Callable[[str], Any] | 
         loop.add_signal_handler(sig, stop.set)
     try:
         await runner.setup()
-        await web.TCPSite(runner, settings.collector_host, settings.collector_port).start()
+        # SO_REUSEPORT: several collectors on one host share the port (one per core; the
+        # kernel spreads connections), as they would behind a load balancer
+        await web.TCPSite(runner, settings.collector_host, settings.collector_port,
+                          reuse_port=True).start()
         url = f"http://{settings.collector_host}:{settings.collector_port}"
         log.info("collector listening on %s: %d write key(s), Kafka %s, topic %s%s", url,
                  len(settings.write_key_list), settings.broker_url, settings.input_topic,
