@@ -233,9 +233,13 @@ def _time(value: Any) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     try:
-        when = _parse_time(value)
-    except ValidationError:
-        return None
+        # the SDKs' ISO 8601 first (0.3 µs); anything else as the event models read it (2 µs)
+        when = datetime.fromisoformat(value) if isinstance(value, str) else _parse_time(value)
+    except ValueError:
+        try:
+            when = _parse_time(value)
+        except ValidationError:
+            return None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
