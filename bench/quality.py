@@ -43,6 +43,7 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stream_app.events.interaction import raw_id
 from stream_app.events.parse import decode  # noqa: E402
 from stream_app.segmentation.clustering import (  # noqa: E402
     BehaviorSegmentation,
@@ -221,6 +222,8 @@ def evaluate(customers: int = 1000, days: float = 60.0, models: Sequence[str] = 
         recs, _ = decode(orjson.dumps(event), now=wall, fallback_ts=t0)
         path_s += time.perf_counter() - t
         for rec in recs:
+            # keyed as the simulation names its customers (no identity merges here)
+            rec.customer_id = raw_id(rec.customer_id)
             if rec.ts >= next_tick:
                 flush()
                 while rec.ts >= next_tick:

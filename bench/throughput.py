@@ -221,8 +221,6 @@ def _create_internal_topics(settings: Any) -> None:
         wanted = [
             NewTopic(f"{settings.app_id}-customers-changelog", settings.partitions, 1,
                      topic_configs=compact),
-            NewTopic(f"{settings.app_id}-aliases-changelog", settings.partitions, 1,
-                     topic_configs=compact),
             NewTopic(getattr(settings, "training_topic", f"{settings.app_id}-training"), 1, 1)]
         existing = set(admin.list_topics())
         admin.create_topics([t for t in wanted if t.name not in existing])
@@ -497,9 +495,8 @@ def _train_snapshot(ctx: Context) -> dict[str, Any]:
     now = time.time()
     for batch in _step_batches(ctx, settings, now).values():
         customers: dict[str, Any] = {}
-        aliases: dict[str, Any] = {}
         for p, msgs in batch:
-            samples += step.run(p, msgs, customers, aliases, now).samples
+            samples += step.run(p, msgs, customers, now).samples
     trainer = Trainer(TrainerSettings(algorithm=settings.cluster_model.value,
                                       clusters=settings.clusters))
     for feats in samples:
@@ -551,9 +548,8 @@ def step_phase(ctx: Context) -> dict[str, Any]:
     cpu, wall = time.process_time(), time.perf_counter()
     for p, partition_batches in batches.items():
         customers: dict[str, Any] = {}
-        aliases: dict[str, Any] = {}
         for _, msgs in partition_batches:
-            changes += len(step.run(p, msgs, customers, aliases, now).changes)
+            changes += len(step.run(p, msgs, customers, now).changes)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     n = len(ctx.workload.records)
     out = {"events": n, "changes": changes, "cpu_s": round(cpu, 2), "seconds": round(wall, 2),
@@ -956,8 +952,7 @@ async def baseline_loop(group: str, model: Path | None) -> None:
     await consumer.start()
     await producer.start()
     customers: dict[int, _Recording] = {}
-    aliases: dict[int, _Recording] = {}
-    cl_customers, cl_aliases = f"{s.app_id}-customers-changelog", f"{s.app_id}-aliases-changelog"
+    cl_customers = f"{s.app_id}-customers-changelog"
     stats = {"messages": 0, "routed": 0, "applied": 0, "changes": 0}
     positions: dict[Any, int] = {}
     last_commit = last_print = time.time()
@@ -979,17 +974,12 @@ async def baseline_loop(group: str, model: Path | None) -> None:
                 msgs = [Message(r.topic, p, r.offset, r.key, r.value, r.timestamp / 1000.0)
                         for r in records]
                 table = customers.setdefault(p, _Recording())
-                links = aliases.setdefault(p, _Recording())
-                result = step.run(p, msgs, table, links, wall)
+                result = step.run(p, msgs, table, wall)
                 # every output of the batch as one record batch per partition, as the worker
                 for key in table.written:
                     st = table.get(key)
                     out.add(cl_customers, key.encode(), codec.dumps(st) if st else None, p)
-                for key in links.written:
-                    user = links.get(key)
-                    out.add(cl_aliases, key.encode(), user.encode() if user else None, p)
                 table.written.clear()
-                links.written.clear()
                 for key, part, value in result.routed:
                     out.add(s.routed_topic, key.encode(), value, part)
                 for change in result.changes:

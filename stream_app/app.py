@@ -31,10 +31,11 @@ from .processing import (
     StepResult,
     change_bytes,
     dead_letter_headers,
+    event_clock,
 )
 from .segmentation.base import Segmentation
 from .state import codec
-from .state.customer import StateConfig
+from .state.customer import CustomerState, StateConfig
 from .web.timeseries import Sampler
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ class Runtime:
         self.segmentations: list[Segmentation] = list(segmentations or [])
         self.behavior = next((seg for seg in self.segmentations if seg.name == "behavior"), None)
         self.started_at = time.time()
-        self.watermark = 0.0  # max event time applied by this worker
-        self.last_event_wall = 0.0
+        # per partition: max event time applied, and when (wall clock) the last event came
+        self.partition_time: dict[int, float] = {}
+        self.partition_wall: dict[int, float] = {}
         self.stats: dict[str, int] = defaultdict(int)
         self.metrics = Metrics()
         self.sampler = Sampler(self.metrics.registry)
@@ -105,12 +107,12 @@ class Runtime:
         self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
         self.changes_topic = app.topic(s.changes_topic, partitions=s.partitions,
                                        key_serializer="raw", value_serializer="raw")
+        # one table: customer states, the links of ids merged into others, erasure markers
+        # and the partition clocks (state/customer.py), so each change is one record
         self.customers = self._table("customers", "customer-state")
-        self.aliases = self._table("aliases", "utf8")
-        # what the worker reads and writes: the tables with the writes of batches whose
+        # what the worker reads and writes: the table with the writes of batches whose
         # outputs are not on the broker yet (kafka/tables.py)
         self.customer_states = WriteBehind(self.customers, codec.dumps, s.routed_topic)
-        self.alias_links = WriteBehind(self.aliases, str.encode, s.routed_topic)
         self._last_written: asyncio.Future[None] | None = None  # the newest batch's writes
         self.step = Step(
             input_topic=s.input_topic, routed_topic=s.routed_topic, partitions=s.partitions,
@@ -119,7 +121,8 @@ class Runtime:
             state_config=StateConfig(session_gap_s=s.session_gap_s,
                                      half_life_days=s.recent_half_life_days,
                                      cart_abandon_after_s=s.cart_abandon_after_s,
-                                     dedupe_window=s.dedupe_window),
+                                     dedupe_window=s.dedupe_window,
+                                     max_merged_ids=s.max_merged_ids),
             sample_every_s=86400.0 if self.behavior is not None else None,
         )
         self._declare_agents()
@@ -198,24 +201,22 @@ class Runtime:
         for m in batch:  # Faust's messages: what the step reads of a record, as they are
             groups[m.partition].append(m)
         wall = time.time()
-        staged: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        staged: list[tuple[int, dict[str, Any]]] = []
         async with self.state_lock:
             out = OutputBatcher()
             for partition, messages in groups.items():
                 customers = HeldWrites(self.customer_states)
-                aliases = HeldWrites(self.alias_links)
-                result = self.step.run(partition, messages, customers, aliases, wall)
+                result = self.step.run(partition, messages, customers, wall)
                 self._collect(result, wall, partition, out)
                 self.customer_states.stage(customers.held)
-                self.alias_links.stage(aliases.held)
-                staged.append((partition, customers.held, aliases.held))
+                staged.append((partition, customers.held))
                 self.stats["messages"] += len(messages)
             settlement = await self._write_behind(out, staged)
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
         return settlement
 
     async def _write_behind(self, out: OutputBatcher,
-                            staged: Sequence[tuple[int, dict[str, Any], dict[str, Any]]]
+                            staged: Sequence[tuple[int, dict[str, Any]]]
                             ) -> asyncio.Future[None]:
         """Send ``out``, and write the ``staged`` state once it is on the broker (in batch
         order, after the previous batch's state). Returns what completes when the state is
@@ -230,19 +231,17 @@ class Runtime:
 
     async def _settle(self, sent: list[asyncio.Future[Any]],
                       previous: asyncio.Future[None] | None, written: asyncio.Future[None],
-                      staged: Sequence[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
+                      staged: Sequence[tuple[int, dict[str, Any]]]) -> None:
         producer = self._aiokafka_producer()
         try:
             await asyncio.gather(*sent)  # outputs first, state second (see HeldWrites)
             if previous is not None:
                 await previous  # the tables are written in batch order
             confirms = []
-            for partition, customers, aliases in staged:
-                for store, writes in ((self.customer_states, customers),
-                                      (self.alias_links, aliases)):
-                    confirm = await store.write(partition, writes, producer)
-                    if confirm is not None:
-                        confirms.append(confirm)
+            for partition, writes in staged:
+                confirm = await self.customer_states.write(partition, writes, producer)
+                if confirm is not None:
+                    confirms.append(confirm)
             # No send_now: the changelog records linger (producer_linger) and go out with
             # the next batch's outputs, one produce request for both, unless that takes
             # longer than the linger. Each request costs the embedded broker ~1 ms of CPU.
@@ -281,8 +280,9 @@ class Runtime:
         st["changes"] += len(result.changes)
         st["routed"] += len(result.routed)
         if result.applied:
-            self.last_event_wall = wall
-            self.watermark = max(self.watermark, result.max_event_ts)
+            self.partition_wall[partition] = wall
+            self.partition_time[partition] = max(self.partition_time.get(partition, 0.0),
+                                                 result.max_event_ts)
 
     def _account(self, result: StepResult, partition: int) -> None:
         m = self.metrics
@@ -304,21 +304,25 @@ class Runtime:
                     counts[c.record["segment"]] += 1
 
     # --- time -------------------------------------------------------------------------------------
-    def event_time_now(self, wall: float | None = None) -> float:
-        """The worker's watermark: event time, following the wall clock when idle.
+    @property
+    def watermark(self) -> float:
+        """The largest event time applied on any partition here (shown in /health)."""
+        return max(self.partition_time.values(), default=0.0)
 
-        Event time is the largest event timestamp applied. When no event has arrived for
-        ``idle_advance_after_s``, time moves on with the wall clock from there (never past
-        it), so a quiet live stream still lapses customers, while a replay of history keeps
-        its own time.
+    def event_time_now(self, wall: float | None = None) -> float:
+        """The worker's clock for time ticks: event time, robust to one skewed producer.
+
+        Each partition keeps the largest event time applied on it. The clock is the
+        smallest of them over the partitions that received events within
+        ``idle_advance_after_s`` (one partition's far-future event moves only that
+        partition's figure, never the clock, while others are active), and never later
+        than the wall clock. When no partition is active, time moves on with the wall clock
+        from the last event time seen (never past it), so a quiet live stream still lapses
+        customers, while a replay of history keeps its own time.
         """
         wall = time.time() if wall is None else wall
-        if not self.watermark:
-            return 0.0
-        idle = wall - self.last_event_wall
-        if idle > self.settings.idle_advance_after_s:
-            return min(wall, self.watermark + idle - self.settings.idle_advance_after_s)
-        return self.watermark
+        return event_clock(self.partition_time, self.partition_wall, wall,
+                           self.settings.idle_advance_after_s)
 
     def _declare_timers(self) -> None:
         s = self.settings
@@ -373,7 +377,7 @@ class Runtime:
 
     def _recount(self, assigned: list[int]) -> None:
         """Count segment members of the assigned partitions from the table (after rebalances)."""
-        from .kafka.routing import partition_for
+        from .kafka.routing import partition_of
 
         owned = set(assigned)
         sizes: dict[int, dict[str, Counter[str]]] = {p: {} for p in owned}
@@ -382,9 +386,9 @@ class Runtime:
         # customer at its peak (segmenter bench, rss phase). No await in the loop, so the
         # table cannot change under it.
         for cid, state in self.customers.items():
-            if state is None:
+            if type(state) is not CustomerState:
                 continue
-            p = partition_for(cid, n)
+            p = partition_of(cid, n)
             if p not in owned:
                 continue
             for seg, segment in state.segments.items():
@@ -392,48 +396,46 @@ class Runtime:
         self.sizes = sizes
 
     async def tick(self) -> None:
-        """Re-evaluate time-driven segmentations of every local customer at the watermark."""
-        timed = [seg for seg in self.segmentations if getattr(seg, "time_sensitive", True)]
+        """Re-evaluate time-driven segmentations of every local customer at the worker's
+        clock (:meth:`event_time_now`), partition by partition, through the step."""
         now = self.event_time_now()
-        if not timed or not now or not self.ready():
+        if not self.step.timed or not now or not self.ready():
             return
-        from .kafka.routing import partition_for
-        from .processing import Change
+        from .kafka.routing import partition_of
 
         n = self.settings.partitions
         owned = set(self._assigned())
         # Keys only: the states are read one at a time below. Reading them all up front
         # decoded every customer at once, and that peak stayed in the worker's RSS (~3 KB per
         # customer with the rocksdb store; segmenter bench, rss phase).
-        keys = list(self.customers.keys())
-        wall = time.time()
+        by_partition: dict[int, list[str]] = defaultdict(list)
+        for cid in list(self.customers.keys()):
+            p = partition_of(cid, n)
+            if p in owned:
+                by_partition[p].append(cid)
         states = self.customer_states
-        for start in range(0, len(keys), TICK_CHUNK):
-            by_partition: dict[int, list[Change]] = defaultdict(list)
-            writes: dict[int, dict[str, Any]] = defaultdict(dict)
+        keep = self.settings.erased_keep_s
+        for p in sorted(owned):
+            keys = by_partition.get(p, [])
             async with self.state_lock:
-                for cid in keys[start:start + TICK_CHUNK]:
-                    p = partition_for(cid, n)
-                    if p not in owned:
+                view = HeldWrites(states)
+                if not self.step.start_tick(p, view, now):
+                    continue
+                states.stage(view.held)
+                settlement = await self._write_behind(OutputBatcher(), [(p, view.held)])
+            for start in range(0, len(keys), TICK_CHUNK):
+                async with self.state_lock:
+                    wall = time.time()
+                    view = HeldWrites(states)
+                    result = self.step.tick(view, keys[start:start + TICK_CHUNK], now, wall,
+                                            keep)
+                    if not view.held:
                         continue
-                    stored = states.get(cid)
-                    if stored is None or now <= stored.last_seen:
-                        continue
-                    state = stored.copy()
-                    out: list[Change] = []
-                    self.step.evaluate(state, now, f"time:{stored.last_seen}", now, wall, out,
-                                       segmentations=timed)
-                    if out or state.segment_aux != stored.segment_aux:
-                        writes[p][cid] = state
-                        by_partition[p].extend(out)
-                outputs = OutputBatcher()
-                for p, changes in by_partition.items():
-                    self._collect(StepResult(changes=changes), wall, p, outputs)
-                for p_writes in writes.values():
-                    states.stage(p_writes)
-                # changes before state, after the batches handled before, as for a batch
-                settlement = await self._write_behind(
-                    outputs, [(p, p_writes, {}) for p, p_writes in writes.items()])
+                    outputs = OutputBatcher()
+                    self._collect(result, wall, p, outputs)
+                    states.stage(view.held)
+                    # changes before state, after the batches handled before, as for a batch
+                    settlement = await self._write_behind(outputs, [(p, view.held)])
             await settlement
 
     # --- helpers for web views -------------------------------------------------------------------

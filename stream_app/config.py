@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     session_gap_s: PositiveFloat = 30 * 60.0
     recent_half_life_days: PositiveFloat = 30.0
     cart_abandon_after_s: PositiveFloat = 24 * 3600.0
+    max_merged_ids: PositiveInt = Field(
+        100, le=1000, description="Most ids (anonymous ids, renamed user ids) a customer's "
+        "own events merge into it; further merges are refused and dead-lettered "
+        "(merge_limit)")
+    erased_keep_s: PositiveFloat = Field(
+        24 * 3600.0, description="How long an erased id's marker (no data: only what was "
+        "applied, so a replay after a crash cannot bring the customer back) is kept")
 
     # --- Segmentation -----------------------------------------------------------------------
     cluster_model: ClusterModel = ClusterModel.kmeans

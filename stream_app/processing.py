@@ -16,7 +16,7 @@ Semantics:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -24,15 +24,19 @@ from typing import Any, Protocol
 import orjson
 
 from .events import interaction as ix
-from .events.interaction import Interaction
+from .events.interaction import ANON_PREFIX, Interaction, anonymous_key
 from .events.parse import Limits, Rejection, decode
 from .kafka import routing
 from .segmentation.base import Decision, Segmentation, change_id
 from .state import codec
 from .state.customer import (
+    Clock,
     CustomerState,
+    Erased,
+    Link,
     StateConfig,
     apply_in_place,
+    clock_key,
     merge,
     new_state,
 )
@@ -91,6 +95,17 @@ class StepResult:
     samples: list[dict[str, Any]] = field(default_factory=list)  # features for the trainer
 
 
+def _change_id(state: CustomerState, segmentation: str, previous: str | None,
+               segment: str | None) -> str:
+    """The next change of ``state``: named by where the state was created (its epoch) and
+    its own count of the segmentation's changes, which only grows. The same change
+    re-emitted after a crash (the same records replayed over the same stored state) keeps
+    its id; a later change, even the same move again (out and back), never reuses one."""
+    n = state.change_seq[segmentation] = state.change_seq.get(segmentation, 0) + 1
+    return change_id(state.customer_id, segmentation, previous, segment,
+                     f"{state.epoch}#{n}")
+
+
 SAMPLED_AT = "_sampled_at"  # segment_aux key: event time of the last training sample
 
 
@@ -136,12 +151,54 @@ class Step:
         # Training samples for the clustering: at most one per customer per this much event
         # time, so busy customers do not dominate the model (None: no clustering).
         self.sample_every_s = sample_every_s
+        self.timed = [seg for seg in self.segmentations if getattr(seg, "time_sensitive", True)]
+
+    # --- time ------------------------------------------------------------------------------
+    def start_tick(self, partition: int, customers: MutableMapping[str, Any], now: float
+                   ) -> bool:
+        """Begin a time tick of ``partition`` at event time ``now``: the partition's clock
+        moves to it first, so every event from here on is evaluated no earlier than the tick
+        evaluates the customers. False when there is nothing to do (no time-driven
+        segmentation, or the clock is already there)."""
+        clock = customers.get(clock_key(partition))
+        if not self.timed or not now or (type(clock) is Clock and clock.tick_at >= now):
+            return False
+        customers[clock_key(partition)] = Clock(now)
+        return True
+
+    def tick(self, customers: MutableMapping[str, Any], keys: Iterable[str], now: float,
+             wall_now: float, erased_keep_s: float) -> StepResult:
+        """Re-evaluate the time-driven segmentations of ``keys`` (customers of one partition)
+        at event time ``now``; erasure markers older than ``erased_keep_s`` (wall clock) go.
+        A customer is written only when a segment or its bookkeeping changed (the clock
+        stands for the rest)."""
+        res = StepResult()
+        for key in keys:
+            stored = customers.get(key)
+            if type(stored) is Erased:
+                if wall_now - stored.erased_at > erased_keep_s:
+                    del customers[key]
+                    res.deleted += 1
+                continue
+            if type(stored) is not CustomerState or now <= max(stored.last_seen,
+                                                               stored.evaluated_at):
+                continue
+            state = stored.copy()
+            state.evaluated_at = now
+            out: list[Change] = []
+            self.evaluate(state, now, wall_now, out, segmentations=self.timed)
+            if out or state.segment_aux != stored.segment_aux:
+                customers[key] = state
+                res.written += 1
+                res.changes.extend(out)
+        return res
 
     # --- entry point -----------------------------------------------------------------------
     def run(self, partition: int, messages: Iterable[Record],
-            customers: MutableMapping[str, CustomerState], aliases: MutableMapping[str, str],
-            wall_now: float) -> StepResult:
-        batch = _Batch(self, partition, customers, aliases, wall_now)
+            customers: MutableMapping[str, Any], wall_now: float) -> StepResult:
+        """Process one partition's records (in offset order per topic) against that
+        partition's view of the customers table (states, links, erasure markers)."""
+        batch = _Batch(self, partition, customers, wall_now)
         for msg in messages:
             if msg.topic == self.routed_topic:
                 batch.on_routed(msg)
@@ -150,8 +207,7 @@ class Step:
         return batch.finish()
 
     # --- segmentation -----------------------------------------------------------------------
-    def evaluate(self, state: CustomerState, now: float, cause: str, event_ts: float,
-                 ingest_ts: float, out: list[Change], reason_prefix: str = "",
+    def evaluate(self, state: CustomerState, now: float, ingest_ts: float, out: list[Change],
                  segmentations: Sequence[Segmentation] | None = None,
                  samples: list[dict[str, Any]] | None = None,
                  traits_changed: bool = True) -> None:
@@ -186,23 +242,23 @@ class Step:
             else:
                 state.segments[name] = decision.segment
             out.append(Change(state.customer_id, {
-                "change_id": change_id(state.customer_id, name, previous, decision.segment, cause),
+                "change_id": _change_id(state, name, previous, decision.segment),
                 "customer_id": state.customer_id,
                 "segmentation": name,
                 "previous_segment": previous,
                 "segment": decision.segment,
                 "segment_name": decision.segment_name,
                 "model_version": decision.version,
-                "occurred_at": _iso(event_ts),
-                "reason": reason_prefix + decision.reason,
-            }, event_ts, ingest_ts))
+                "occurred_at": _iso(now),
+                "reason": decision.reason,
+            }, now, ingest_ts))
 
-    def exit_all(self, state: CustomerState, cause: str, event_ts: float, ingest_ts: float,
+    def exit_all(self, state: CustomerState, event_ts: float, ingest_ts: float,
                  reason: str, out: list[Change]) -> None:
         """The customer leaves every segment (erasure, merged into another customer)."""
         for name, previous in sorted(state.segments.items()):
             out.append(Change(state.customer_id, {
-                "change_id": change_id(state.customer_id, name, previous, None, cause),
+                "change_id": _change_id(state, name, previous, None),
                 "customer_id": state.customer_id,
                 "segmentation": name,
                 "previous_segment": previous,
@@ -215,188 +271,384 @@ class Step:
         state.segments.clear()
 
 
-class _Batch:
-    """Working set of one step: states loaded once, written once."""
+SUB = 1024  # sub-indices per event of a record: [offset, event index * SUB + op number]
 
-    def __init__(self, step: Step, partition: int, customers: MutableMapping[str, CustomerState],
-                 aliases: MutableMapping[str, str], wall_now: float) -> None:
+
+def _fresh(stamps: dict[str, list[int]], channel: str, pos: list[int]) -> bool:
+    last = stamps.get(channel)
+    return last is None or pos > last
+
+
+class _Batch:
+    """Working set of one step: entries loaded once, written once.
+
+    Channels (exactly-once effect). Every record a partition's step reads arrives on a
+    *channel*, a FIFO: an input partition read directly (``"0:<p>"``), the routed records
+    another partition's step sent while reading one of its inputs (``"0:<q>"`` or
+    ``"1:<q>"``: the operation's ``via``), or a request from outside (``"2:<p>"``, at the
+    record's own position). Along a channel positions ``[offset, sub-index]`` only grow,
+    and a replay after a crash repeats what was sent before, in the same order, with the
+    same positions (the step is deterministic). Every table entry stores, per channel, the
+    last position applied to it (its *stamps*), in the same record as the state, so a
+    restarted worker skips exactly what its state has already seen, however long the
+    replay; the message-id window only catches a producer that sent one event twice.
+    """
+
+    def __init__(self, step: Step, partition: int, customers: MutableMapping[str, Any],
+                 wall_now: float) -> None:
         self.step = step
         self.partition = partition
         self.customers = customers
-        self.aliases = aliases
         self.wall_now = wall_now
-        self.work: dict[str, CustomerState | None] = {}
-        self.dirty: set[str] = set()  # customers whose working state differs from the table
+        self.work: dict[str, Any] = {}
+        self.dirty: set[str] = set()  # entries whose working value differs from the table
         self.merges: set[tuple[str, str]] = set()  # merge requests sent by this batch
         self.result = StepResult()
+        clock = customers.get(clock_key(partition))
+        # every customer of the partition has been evaluated at this event time (ticks)
+        self.tick_at = clock.tick_at if type(clock) is Clock else 0.0
+        self.msg: Record | None = None
+        self.cause = ""  # what the operation being processed is (for a dissolved link's epoch)
+        self.here: list[int] = [0, 0, 0, 0]  # position of the operation being processed
+        self.ops = 0  # operations sent while processing it
 
     # --- state access ------------------------------------------------------------------------
-    def _load(self, cid: str) -> CustomerState | None:
-        if cid in self.work:
-            return self.work[cid]
-        stored = self.customers.get(cid)
-        state = stored.copy() if stored is not None else None
-        self.work[cid] = state
-        return state
+    def _load(self, key: str) -> Any:
+        if key in self.work:
+            return self.work[key]
+        stored = self.customers.get(key)
+        entry = stored.copy() if stored is not None else None
+        self.work[key] = entry
+        return entry
 
-    def _owned(self, cid: str) -> bool:
-        return routing.partition_for(cid, self.step.partitions) == self.partition
+    def _put(self, key: str, entry: Any) -> None:
+        self.work[key] = entry
+        self.dirty.add(key)
 
-    def _route(self, cid: str, value: bytes) -> None:
-        self.result.routed.append((cid, routing.partition_for(cid, self.step.partitions), value))
+    def _owned(self, key: str) -> bool:
+        return routing.partition_of(key, self.step.partitions) == self.partition
 
-    def _request_merge(self, anon: str, user: str) -> None:
-        if (anon, user) not in self.merges:  # once per batch is enough
-            self.merges.add((anon, user))
-            self._route(anon, routing.merge_op(anon, user))
+    def _via(self) -> list[int]:
+        self.ops += 1
+        t, p, offset, base = self.here
+        return [t, p, offset, base + self.ops]
+
+    def _route(self, key: str, value: bytes) -> None:
+        self.result.routed.append((key, routing.partition_of(key, self.step.partitions), value))
+
+    def _dead(self, reason: str, detail: str) -> None:
+        assert self.msg is not None
+        self.result.dead_letters.append((self.msg, Rejection(reason, detail[:1000],
+                                                             self.msg.value or b"")))
+
+    def _resolve(self, key: str, channel: str, pos: list[int], path: list[str]
+                 ) -> tuple[str, str, Any, list[str]]:
+        """Follow links from ``key`` while they stay on this partition.
+
+        Returns (what, key, entry, path): ``("here", key, entry)`` for the customer to act
+        on (None, a state, or an erasure marker), ``("route", key)`` for a customer on
+        another partition, ``("dup", ...)`` when a link's stamps show the record was
+        applied to the state the link replaced, ``("loop", ...)`` past MAX_PATH links.
+
+        A cycle of links (two crossing aliases handled at the same time: A->B at A's
+        partition, B->A at B's) is broken at its smallest id: that id's link is dissolved
+        into an empty customer, which takes what arrives, so every history ends there
+        whatever the order (every member's state is on its way along the cycle).
+        """
+        path = list(path)
+        while True:
+            entry = self._load(key)
+            if type(entry) is not Link:
+                return "here", key, entry, path
+            if not _fresh(entry.stamps, channel, pos):
+                return "dup", key, None, path
+            target = entry.target
+            cycle = path[path.index(target):] + [key] if target in path else (
+                [key] if target == key else None)
+            if cycle is not None:
+                root = min(cycle)
+                if root == key:
+                    state = CustomerState(customer_id=key, anonymous=key.startswith(ANON_PREFIX),
+                                          stamps=entry.stamps, epoch=f"0:root:{self.cause}")
+                    self._put(key, state)
+                    return "here", key, state, path
+                target = root
+            path.append(key)
+            if len(path) > routing.MAX_PATH:
+                return "loop", key, None, path
+            if not self._owned(target):
+                return "route", target, None, path
+            key = target
+
+    @staticmethod
+    def _epoch(previous: Any, cause: str) -> str:
+        """A new state's epoch: what created it (a message id, an absorbed id), after the
+        generation of the erasure marker it replaces, so a customer erased and created again
+        never reuses a change id (the same epoch and change count)."""
+        generation = previous.generation if type(previous) is Erased else 0
+        return f"{generation}:{cause}"
 
     # --- input ------------------------------------------------------------------------------
     def on_input(self, msg: Record) -> None:
+        self.msg = msg
         recs, rejects = decode(msg.value, now=self.wall_now, fallback_ts=msg.timestamp,
                                limits=self.step.limits)
         for rej in rejects:
             self.result.dead_letters.append((msg, rej))
-        for rec in recs:
-            self.on_interaction(rec, msg.timestamp)
+        channel = f"{routing.TOPIC_INPUT}:{msg.partition}"
+        for i, rec in enumerate(recs):
+            self.here = [routing.TOPIC_INPUT, msg.partition, msg.offset, i * SUB]
+            self.ops = 0
+            self.on_interaction(rec, msg.timestamp, channel, [msg.offset, i * SUB], [])
 
-    def on_interaction(self, rec: Interaction, ingest_ts: float) -> None:
-        if rec.kind == ix.ALIAS and rec.previous_id:
-            rec.anonymous_id = rec.previous_id  # alias links previousId to userId
+    def on_interaction(self, rec: Interaction, ingest_ts: float, channel: str, pos: list[int],
+                       path: list[str]) -> None:
+        self.cause = rec.message_id
         cid = rec.customer_id
         if not self._owned(cid):
-            self._route(cid, routing.event_op(rec))
+            self._route(cid, routing.event_op(rec, self._via(), path))
             return
-        # An id merged into another customer (an anonymous id, or a user id renamed by an
-        # alias call) forwards its later events to that customer.
-        user = self.aliases.get(cid)
-        if user is not None and user != cid:
-            rec.customer_id = cid = user
-            if not self._owned(cid):
-                self._route(cid, routing.event_op(rec))
-                return
-        self._apply(rec, ingest_ts)
+        what, key, entry, path = self._resolve(cid, channel, pos, path)
+        if what == "dup":
+            self.result.duplicates += 1
+        elif what == "route":
+            rec.customer_id = key
+            self._route(key, routing.event_op(rec, self._via(), path))
+        elif what == "loop":
+            self._dead("routing_loop", f"more than {routing.MAX_PATH} links followed")
+        else:
+            rec.customer_id = key
+            self._apply(rec, key, entry, channel, pos, ingest_ts)
 
-    def _apply(self, rec: Interaction, ingest_ts: float) -> None:
+    def _merge_sources(self, rec: Interaction, key: str) -> list[str]:
+        """The customers this event asks to merge into ``key``: its anonymous id's (an
+        event with both ids), and for an alias both customers its previousId may name
+        (the user, and the anonymous customer, of that id)."""
+        out = []
+        if rec.user_id is not None and rec.anonymous_id is not None:
+            out.append(anonymous_key(rec.anonymous_id))
+        if rec.kind == ix.ALIAS and rec.previous_id:
+            out += [rec.previous_id, anonymous_key(rec.previous_id)]
+        return [src for src in out if src != key]
+
+    def _apply(self, rec: Interaction, key: str, entry: Any, channel: str, pos: list[int],
+               ingest_ts: float) -> None:
         res = self.result
-        cid = rec.customer_id
-        state = self._load(cid)
-        anon = rec.anonymous_id
-        # A user event that carries an anonymous id this customer has not absorbed yet asks
-        # for a merge, duplicate or not: if a crash came between storing the state and sending
-        # the request, the redelivered event is a duplicate and must still ask. The anonymous
-        # id's partition ignores repeated requests.
-        if (rec.user_id is not None and anon is not None and anon != cid
-                and (state is None or anon not in state.anonymous_ids)):
-            self._request_merge(anon, cid)
+        if type(entry) is CustomerState:
+            state: CustomerState | None = entry
+            if not _fresh(entry.stamps, channel, pos):
+                res.duplicates += 1  # applied before a crash: its effects are in the state
+                return
+        else:
+            if type(entry) is Erased and not _fresh(entry.stamps, channel, pos):
+                res.duplicates += 1  # applied before the erasure: must not bring it back
+                return
+            state = None
+        # A user event naming another customer's id asks for that history once the record is
+        # new here; the other partition ignores a repeated request (a merge is recorded in
+        # the link it leaves there).
+        wanted = [src for src in self._merge_sources(rec, key)
+                  if state is None or src not in state.merged_ids]
         if state is None:
-            state = self.work[cid] = new_state(rec)
+            state = new_state(rec)
+            state.customer_id = key
+            state.anonymous = key.startswith(ANON_PREFIX)
+            state.epoch = self._epoch(entry, rec.message_id)
+            if type(entry) is Erased:
+                state.stamps = entry.stamps
+            self.work[key] = state
+        state.stamps[channel] = pos
+        self.dirty.add(key)
+        cap = self.step.cfg.max_merged_ids
+        for src in wanted:
+            if len(state.merged_ids) >= cap:
+                self._dead("merge_limit", f"the event was applied; another customer was not "
+                           f"merged into it: it has {len(state.merged_ids)} merged ids "
+                           f"(SEGMENTER_MAX_MERGED_IDS={cap})")
+                break
+            if (src, key) not in self.merges:  # once per batch is enough
+                self.merges.add((src, key))
+                self._route(src, routing.merge_op(src, key, self._via()))
         traits = state.traits.copy()
         if not apply_in_place(state, rec, self.step.cfg):
             res.duplicates += 1
             return
         res.applied += 1
-        self.dirty.add(cid)
         res.events_by_kind[rec.kind] = res.events_by_kind.get(rec.kind, 0) + 1
         res.max_event_ts = max(res.max_event_ts, rec.ts)
-        self.step.evaluate(state, state.last_seen, rec.message_id, rec.ts, ingest_ts, res.changes,
+        self.step.evaluate(state, self._eval_time(state), ingest_ts, res.changes,
                            samples=res.samples, traits_changed=state.traits != traits)
+
+    def _eval_time(self, state: CustomerState) -> float:
+        """The later of the customer's own time and the time it was last evaluated at (by
+        an event or a tick): time-driven segments never go back, so a late event cannot flap
+        a customer out of a segment and back in."""
+        t = max(state.last_seen, state.evaluated_at, self.tick_at)
+        state.evaluated_at = t
+        return t
 
     # --- routed operations ------------------------------------------------------------------
     def on_routed(self, msg: Record) -> None:
         # Decode everything before touching state: an unreadable operation (a tombstone, a
         # foreign producer, a state layout from another version) is dead-lettered rather
         # than crashing the worker on every restart.
+        self.msg = msg
         try:
             op = routing.parse_op(msg.value or b"")
-            rec = Interaction.from_wire(op[1]) if op[0] == routing.OP_EVENT else None
-            other = codec.loads(op[3].encode()) if op[0] == routing.OP_ABSORB else None
+            kind = op[0]
+            rec = Interaction.from_wire(op[3]) if kind == routing.OP_EVENT else None
+            other = codec.loads(op[5].encode()) if kind == routing.OP_ABSORB else None
+            if other is not None and type(other) is not CustomerState:
+                raise ValueError("an absorbed history must be a customer state")
         except (ValueError, TypeError) as exc:
             self.result.dead_letters.append((msg, Rejection(
                 "invalid_field", f"unreadable routed operation: {exc}"[:1000], msg.value or b"")))
             return
-        kind = op[0]
-        if rec is not None:
-            self.on_interaction(rec, msg.timestamp)
-        elif kind == routing.OP_MERGE:
-            self._merge_out(op[1], op[2], msg.timestamp)
-        elif other is not None:
-            self._absorb(op[1], op[2], other, msg.timestamp)
-        elif kind == routing.OP_ERASE:
-            self._erase(op[1], op[2], msg.timestamp)
-
-    def _merge_out(self, anon: str, user: str, ingest_ts: float) -> None:
-        """At the anonymous id's partition: hand its history to the user, alias the id."""
-        if self.aliases.get(anon) == user:
-            return  # already merged (a repeated request): the absorb was sent back then
-        self.aliases[anon] = user
-        state = self._load(anon)
-        if state is None:  # nothing to hand over; the user still records the id as absorbed
-            state = CustomerState(customer_id=anon)
+        via, path = op[1], op[2]
+        self.here = [routing.TOPIC_ROUTED, msg.partition, msg.offset, 0]
+        self.ops = 0
+        if via is None:  # from outside the pipeline: its own position
+            channel, pos = f"{routing.TOPIC_OUTSIDE}:{msg.partition}", [msg.offset, 0]
         else:
-            self.step.exit_all(state, f"merge:{anon}->{user}", state.last_seen, ingest_ts,
-                               "merged into another customer", self.result.changes)
-            self.work[anon] = None
-            self.dirty.add(anon)
-        self._route(user, routing.absorb_op(user, anon, codec.dumps_json(state)))
+            channel, pos = f"{via[0]}:{via[1]}", [via[2], via[3]]
+        if rec is not None:
+            self.on_interaction(rec, msg.timestamp, channel, pos, path)
+        elif kind == routing.OP_MERGE:
+            self._merge_out(op[3], op[4], channel, pos, msg.timestamp)
+        elif other is not None:
+            self._absorb(op[3], op[4], other, channel, pos, path, msg.timestamp)
+        elif kind == routing.OP_ERASE:
+            self._erase(op[3], op[4], channel, pos, path, msg.timestamp)
+        elif kind == routing.OP_UNLINK:
+            self._unlink(op[3], set(op[4]), channel, pos)
 
-    def _absorb(self, user: str, anon: str, other: CustomerState, ingest_ts: float) -> None:
-        """At the user's partition: fold an anonymous history in, once.
+    def _merge_out(self, source: str, target: str, channel: str, pos: list[int],
+                   ingest_ts: float) -> None:
+        """At the source's partition: hand its history to ``target``, leave a link.
 
-        ``merge`` records the anonymous id in ``anonymous_ids``, and only absorbing does, so
-        a redelivered absorb is recognised however many events came in between (a dedupe
-        marker among the last message ids would be pushed out by them).
+        An id merged once stays with that customer: a request to merge it into another one
+        is ignored (the first user an anonymous id is identified with keeps it, as CDPs do).
         """
-        state = self._load(user)
-        if state is not None and anon in state.anonymous_ids:
+        entry = self._load(source)
+        if type(entry) is Link:
+            return  # merged already (a repeated request, or into someone else first)
+        stamps = entry.stamps if entry is not None else {}
+        if entry is not None and not _fresh(stamps, channel, pos):
+            return  # a replayed request
+        stamps = {k: v[:] for k, v in stamps.items()}
+        stamps[channel] = pos
+        if type(entry) is CustomerState:
+            state = entry
+            self.step.exit_all(state, state.last_seen, ingest_ts, "merged into another customer",
+                               self.result.changes)
+        else:  # nothing to hand over; the target still records the id as merged
+            state = CustomerState(customer_id=source, anonymous=source.startswith(ANON_PREFIX))
+        self._put(source, Link(target, stamps))
+        self._route(target, routing.absorb_op(target, source, codec.dumps_json(state),
+                                              self._via()))
+
+    def _absorb(self, target: str, source: str, other: CustomerState, channel: str,
+                pos: list[int], path: list[str], ingest_ts: float) -> None:
+        """At the target's partition: fold another customer's history in, once."""
+        self.cause = f"absorb:{source}"
+        what, key, entry, path = self._resolve(target, channel, pos, path)
+        if what == "route":
+            self._route(key, routing.absorb_op(key, source, codec.dumps_json(other),
+                                               self._via(), path))
+            return
+        if what == "loop":
+            self._dead("routing_loop", f"more than {routing.MAX_PATH} links followed")
+            return
+        if what == "dup" or (entry is not None and not _fresh(entry.stamps, channel, pos)):
             return  # redelivered
+        state = entry if type(entry) is CustomerState else None
         if state is None:
-            if other.events == 0:
-                return
-            state = CustomerState(customer_id=user, first_seen=other.first_seen,
-                                  last_seen=other.last_seen, decay_ref=other.decay_ref)
+            state = CustomerState(customer_id=key, anonymous=key.startswith(ANON_PREFIX),
+                                  first_seen=other.first_seen, last_seen=other.last_seen,
+                                  decay_ref=other.decay_ref,
+                                  epoch=self._epoch(entry, f"absorb:{source}"),
+                                  stamps=entry.stamps if type(entry) is Erased else {})
         other.segments.clear()
         other.segment_aux.clear()
         merged = merge(state, other, self.step.cfg)
-        self.work[user] = merged
-        self.dirty.add(user)
+        merged.stamps[channel] = pos
+        self._put(key, merged)
         if other.events:
-            self.step.evaluate(merged, merged.last_seen, f"absorb:{anon}", merged.last_seen,
-                               ingest_ts, self.result.changes)
+            self.step.evaluate(merged, self._eval_time(merged), ingest_ts, self.result.changes)
 
-    def _erase(self, cid: str, message_id: str, ingest_ts: float) -> None:
-        """Erasure: the customer's state, and the links of its anonymous ids, everywhere.
+    def _erase(self, cid: str, request_id: str, channel: str, pos: list[int], path: list[str],
+               ingest_ts: float) -> None:
+        """Erasure of a customer and of every id merged into it, wherever they live.
 
-        The customer leaves its segments (changes to null), its state is deleted (a tombstone
-        in the changelog), and its anonymous ids stop pointing at it: here directly, on other
-        partitions through an erase request for each id. Later events start a new customer.
+        An erased id that was merged into another customer (a renamed user id, an anonymous
+        id) erases that customer: its data is there. The customer leaves its segments
+        (changes to null), its state becomes an erasure marker (no data), and each id merged
+        into it loses its link (here directly, elsewhere through an unlink operation).
+        Later events start a new customer.
         """
-        self.aliases.pop(cid, None)  # an anonymous id erased on its own: forget its link too
-        state = self._load(cid)
-        if state is None:
-            return
-        self.step.exit_all(state, f"erase:{message_id}", state.last_seen, ingest_ts,
-                           "erased on request", self.result.changes)
-        for anon in state.anonymous_ids:
-            if self._owned(anon):
-                self.aliases.pop(anon, None)
+        entry = self._load(cid)
+        if type(entry) is Link:
+            if not _fresh(entry.stamps, channel, pos):
+                return
+            target = entry.target
+            self._put(cid, Erased(_stamped(entry.stamps, channel, pos), self.wall_now, 1))
+            if target in path or len(path) >= routing.MAX_PATH:
+                return
+            path = [*path, cid]
+            if self._owned(target):
+                self._erase(target, request_id, channel, pos, path, ingest_ts)
             else:
-                self._route(anon, routing.erase_op(anon, message_id))
-        self.work[cid] = None
-        self.dirty.add(cid)
+                self._route(target, routing.erase_op(target, request_id, self._via(), path))
+            return
+        if entry is not None and not _fresh(entry.stamps, channel, pos):
+            return
+        stamps = _stamped(entry.stamps if entry is not None else {}, channel, pos)
+        if type(entry) is CustomerState:
+            self.step.exit_all(entry, entry.last_seen, ingest_ts, "erased on request",
+                               self.result.changes)
+            owners = [cid, *entry.merged_ids, *path]
+            for key in entry.merged_ids:
+                if self._owned(key):
+                    self._unlink(key, set(owners), channel, pos)
+                else:
+                    self._route(key, routing.unlink_op(key, owners, request_id, self._via()))
+        self._put(cid, Erased(stamps, self.wall_now, _generation(entry) + 1))
+
+    def _unlink(self, key: str, owners: set[str], channel: str, pos: list[int]) -> None:
+        """An id merged into an erased customer: its link goes (if it points into it)."""
+        entry = self._load(key)
+        if type(entry) is Link and entry.target in owners:
+            self._put(key, Erased(_stamped(entry.stamps, channel, pos), self.wall_now, 1))
 
     def finish(self) -> StepResult:
-        """Write the working set back: one table write per touched customer."""
+        """Write the working set back: one table write per touched entry."""
         res = self.result
-        for cid in self.dirty:
-            state = self.work[cid]
-            if state is None:
-                if self.customers.get(cid) is not None:
-                    del self.customers[cid]
+        for key in self.dirty:
+            entry = self.work[key]
+            if entry is None:
+                if self.customers.get(key) is not None:
+                    del self.customers[key]
                     res.deleted += 1
             else:
-                self.customers[cid] = state
+                self.customers[key] = entry
                 res.written += 1
         return res
+
+
+def _generation(entry: Any) -> int:
+    if type(entry) is Erased:
+        return entry.generation
+    if type(entry) is CustomerState:
+        head = entry.epoch.partition(":")[0]
+        return int(head) if head.isdigit() else 0
+    return 0
+
+
+def _stamped(stamps: dict[str, list[int]], channel: str, pos: list[int]) -> dict[str, list[int]]:
+    out = {k: v[:] for k, v in stamps.items()}
+    if _fresh(out, channel, pos):
+        out[channel] = pos
+    return out
 
 
 _MISSING = object()
@@ -464,6 +716,28 @@ def dead_letter_headers(msg: Record, rej: Rejection, rejected_at: float
     if rej.batch_index is not None:
         headers.append(("segmenter.dlq.batch_index", str(rej.batch_index).encode()))
     return headers
+
+
+def event_clock(partition_time: Mapping[int, float], partition_wall: Mapping[int, float],
+                wall: float, idle_after_s: float) -> float:
+    """A worker's clock for time ticks, from each partition's largest event time applied
+    (``partition_time``) and when its last event came (``partition_wall``, wall clock).
+
+    The smallest figure over the partitions active within ``idle_after_s``: one producer's
+    far-future event moves only its partition's figure, never the clock, while others are
+    active; and never later than the wall clock. With no partition active, time moves on
+    with the wall clock from the latest event time (never past it): a quiet live stream
+    still lapses customers, while a replay of history keeps its own time. 0.0 before any
+    event."""
+    if not partition_time:
+        return 0.0
+    active = [t for p, t in partition_time.items()
+              if wall - partition_wall.get(p, 0.0) <= idle_after_s]
+    if active:
+        return min(wall, min(active))
+    last_wall = max(partition_wall.values(), default=wall)
+    base = min(wall, max(partition_time.values()))
+    return min(wall, base + max(0.0, wall - last_wall - idle_after_s))
 
 
 def change_bytes(change: Change) -> bytes:

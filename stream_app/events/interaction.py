@@ -11,6 +11,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+# Customer keys ---------------------------------------------------------------------------------
+# User ids and anonymous ids are separate id spaces (as in Segment and RudderStack: an
+# anonymous id is never a user's identity). A customer known by a user id is keyed by it; a
+# customer known only by an anonymous id is keyed ``anonymous_id:<id>`` (Segment's Profile
+# API spells external ids so). User ids starting with the prefix are rejected at input.
+ANON_PREFIX = "anonymous_id:"
+
+
+def anonymous_key(anonymous_id: str) -> str:
+    return ANON_PREFIX + anonymous_id
+
+
+def raw_id(key: str) -> str:
+    """The id a producer keys a customer's messages by (what its partition is computed from)."""
+    return key[len(ANON_PREFIX):] if key.startswith(ANON_PREFIX) else key
+
+
 # Interaction kinds ----------------------------------------------------------------------------
 PAGE_VIEW = "page_view"
 SCREEN_VIEW = "screen_view"

@@ -21,9 +21,11 @@ from pydantic import (
     model_validator,
 )
 
-# pattern: not only whitespace (stripped, it would be empty); says so in the JSON Schema too
+# pattern: not only whitespace (stripped, it would be empty), and no control characters
+# (ids are table keys and Kafka keys); says so in the JSON Schema too
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256,
-                                     pattern=r"\S")]
+                                     pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")]
+ANON_PREFIX = "anonymous_id:"  # reserved: see events/interaction.py
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
                                         pattern=r"\S")]
@@ -145,6 +147,9 @@ class _Event(_Open):
     def _check_common(self, info: ValidationInfo) -> _Event:
         if not self.userId and not self.anonymousId:
             raise ValueError("missing_id: one of userId or anonymousId is required")
+        if self.userId and self.userId.startswith(ANON_PREFIX):
+            raise ValueError(f"userId: the prefix {ANON_PREFIX!r} is reserved for anonymous "
+                             "customers (send the id as anonymousId)")
         when = self.event_time
         if when is not None and info.context:
             now = info.context.get("now")
@@ -164,7 +169,8 @@ class _Event(_Open):
 
     @property
     def customer_id(self) -> str:
-        return self.userId or self.anonymousId  # type: ignore[return-value]
+        """The customer's key: the user id, else ``anonymous_id:<anonymous id>``."""
+        return self.userId or ANON_PREFIX + self.anonymousId  # type: ignore[operator]
 
 
 class Track(_Event):

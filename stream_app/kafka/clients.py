@@ -100,8 +100,7 @@ def co_partitioned_topics(settings: Settings) -> list[str]:
     ``SEGMENTER_PARTITIONS`` exactly. (The input may have any count: what arrives on a
     partition the worker does not own is re-keyed through the routed topic; the DLQ and
     the changes topic are written with the default partitioner over their actual count.)"""
-    return [settings.routed_topic, f"{settings.app_id}-customers-changelog",
-            f"{settings.app_id}-aliases-changelog"]
+    return [settings.routed_topic, f"{settings.app_id}-customers-changelog"]
 
 
 def check_partitions(settings: Settings, counts: dict[str, int]) -> None:

@@ -9,19 +9,29 @@ internal routed topic, one hop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
 
-from ..events.interaction import Interaction
+from ..events.interaction import Interaction, raw_id
 
-# Routed-topic operations: [op, ...]
-OP_EVENT = "ev"  # [ev, interaction wire row]
-OP_MERGE = "merge"  # [merge, anonymous id, user id]: at the anonymous id's partition
-OP_ABSORB = "absorb"  # [absorb, user id, anonymous id, state bytes as str]: at the user's
-OP_ERASE = "erase"  # [erase, customer id, message id]
+# Routed-topic operations: [op, via, path, ...args]
+#   via: [topic code, partition, offset, sub-index] of the record whose processing sent this
+#        one (what the receiver dedupes on: see processing.py, "Channels"), or null for a
+#        request from outside (admin erasure: its own position is used);
+#   path: the ids this operation was relayed through (links followed), for cycle detection.
+OP_EVENT = "ev"  # [ev, via, path, interaction wire row]
+OP_MERGE = "merge"  # [merge, via, path, source id, target id]: at the source's partition
+OP_ABSORB = "absorb"  # [absorb, via, path, target id, source id, state JSON as str]
+OP_ERASE = "erase"  # [erase, via, path, customer id, request id]
+OP_UNLINK = "unlink"  # [unlink, via, path, id, [ids of the erased customer], request id]
+TOPIC_INPUT, TOPIC_ROUTED, TOPIC_OUTSIDE = 0, 1, 2  # channel codes (TOPIC_OUTSIDE: no via)
+MAX_PATH = 32  # links followed by one operation before it is dead-lettered
+
+Via = list[int]  # [topic code, partition, offset, sub-index]
 
 
 @lru_cache(maxsize=1 << 16)
@@ -33,33 +43,60 @@ def partition_for(customer_id: str, partitions: int) -> int:
     return (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def event_op(rec: Interaction) -> bytes:
-    return orjson.dumps([OP_EVENT, rec.to_wire()])
+def partition_of(key: str, partitions: int) -> int:
+    """The partition that owns a customer key: its producer-side id's (an anonymous
+    customer's ``anonymous_id:<id>`` lives where messages keyed ``<id>`` land)."""
+    return partition_for(raw_id(key), partitions)
 
 
-def merge_op(anonymous_id: str, user_id: str) -> bytes:
-    return orjson.dumps([OP_MERGE, anonymous_id, user_id])
+def event_op(rec: Interaction, via: Via | None, path: Sequence[str] = ()) -> bytes:
+    return orjson.dumps([OP_EVENT, via, list(path), rec.to_wire()])
 
 
-def absorb_op(user_id: str, anonymous_id: str, state: bytes) -> bytes:
-    return orjson.dumps([OP_ABSORB, user_id, anonymous_id, state.decode()])
+def merge_op(source: str, target: str, via: Via | None, path: Sequence[str] = ()) -> bytes:
+    return orjson.dumps([OP_MERGE, via, list(path), source, target])
 
 
-def erase_op(customer_id: str, message_id: str) -> bytes:
-    return orjson.dumps([OP_ERASE, customer_id, message_id])
+def absorb_op(target: str, source: str, state: bytes, via: Via | None,
+              path: Sequence[str] = ()) -> bytes:
+    return orjson.dumps([OP_ABSORB, via, list(path), target, source, state.decode()])
 
 
-_ARITY = {OP_EVENT: 2, OP_MERGE: 3, OP_ABSORB: 4, OP_ERASE: 3}
+def erase_op(customer_id: str, request_id: str, via: Via | None = None,
+             path: Sequence[str] = ()) -> bytes:
+    return orjson.dumps([OP_ERASE, via, list(path), customer_id, request_id])
+
+
+def unlink_op(key: str, owners: list[str], request_id: str, via: Via | None) -> bytes:
+    return orjson.dumps([OP_UNLINK, via, [], key, owners, request_id])
+
+
+_ARGS = {OP_EVENT: 1, OP_MERGE: 2, OP_ABSORB: 3, OP_ERASE: 2, OP_UNLINK: 3}
+
+
+def _is_via(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and len(v) == 4 and all(
+        type(x) is int and x >= 0 for x in v) and v[0] in (TOPIC_INPUT, TOPIC_ROUTED))
 
 
 def parse_op(value: bytes) -> list[Any]:
-    """A routed operation, checked for shape; ValueError if it is not one."""
+    """A routed operation ``[op, via, path, *args]``, checked for shape and types;
+    ValueError if it is not one."""
     op = orjson.loads(value)
-    if not isinstance(op, list) or not op or not isinstance(op[0], str) or op[0] not in _ARITY:
+    if not isinstance(op, list) or not op or not isinstance(op[0], str) or op[0] not in _ARGS:
         raise ValueError(f"unknown routed operation {str(op)[:60]}")
-    if len(op) != _ARITY[op[0]] or (
-        not isinstance(op[1], list) if op[0] == OP_EVENT
-        else not all(isinstance(arg, str) for arg in op[1:])
-    ):
+    kind = op[0]
+    if len(op) != 3 + _ARGS[kind] or not _is_via(op[1]) or not isinstance(op[2], list) or not all(
+            isinstance(x, str) for x in op[2]) or len(op[2]) > MAX_PATH:
+        raise ValueError(f"malformed routed operation {str(op)[:60]}")
+    args = op[3:]
+    if kind == OP_EVENT:
+        ok = isinstance(args[0], list)
+    elif kind == OP_UNLINK:
+        ok = (isinstance(args[0], str) and isinstance(args[2], str) and isinstance(args[1], list)
+              and all(isinstance(x, str) for x in args[1]))
+    else:
+        ok = all(isinstance(a, str) and a for a in args[:2]) and all(isinstance(a, str) for a in args)
+    if not ok:
         raise ValueError(f"malformed routed operation {str(op)[:60]}")
     return op

@@ -1,6 +1,8 @@
 """Compact, versioned, pickle-free serialisation of :class:`CustomerState`.
 
-Format v2 (written): a JSON array ``[2, field0, field1, ...]`` in declaration order, with
+Format v3 (written): a JSON array ``[3, field0, field1, ...]`` in declaration order (v2 is
+the same without the last four fields: stamps, epoch, change_seq, evaluated_at; read with
+their defaults), with
 the bulky fields packed (each packing is checked to read back exactly, else the field is
 written as in v1):
 
@@ -16,6 +18,10 @@ written as in v1):
 A state still over :data:`COMPRESS_OVER` bytes (a long-lived customer with every bounded
 part full) is stored as ``Z`` + its zlib-deflated JSON (binary; routed JSON operations carry
 :func:`dumps_json` instead). Format v1 (plain JSON array ``[1, ...]``) is read as before.
+
+The table holds two other kinds of entry (:mod:`..state.customer`): a link ``["L", target,
+stamps]`` for an id merged into another customer, and an erasure marker ``["E", stamps,
+erased_at, generation]``, and one clock per partition ``["C", tick_at]``.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from typing import Any
 import orjson
 from faust.serializers import codecs
 
-from .customer import FIELD_NAMES, CustomerState
+from .customer import FIELD_NAMES, Clock, CustomerState, Entry, Erased, Link
 
-VERSION = 2
+VERSION = 3
+_V2_FIELDS = 4  # fields added in v3, at the end
 COMPRESS_OVER = 960  # bytes; compressing costs ~20 µs, so only states that need it
 _DIGEST_BYTES = 6
 _MAX_DIGEST = 1 << (8 * _DIGEST_BYTES)
@@ -40,9 +47,15 @@ _AUX = FIELD_NAMES.index("segment_aux")
 _N = len(FIELD_NAMES)
 
 
-def dumps(state: CustomerState) -> bytes:
-    """The stored form: v2 JSON, compressed when large."""
-    data = dumps_json(state)
+def dumps(state: Entry) -> bytes:
+    """The stored form: v3 JSON, compressed when large."""
+    if type(state) is Link:
+        return orjson.dumps(["L", state.target, state.stamps])
+    if type(state) is Erased:
+        return orjson.dumps(["E", state.stamps, state.erased_at, state.generation])
+    if type(state) is Clock:
+        return orjson.dumps(["C", state.tick_at])
+    data = dumps_json(state)  # type: ignore[arg-type]
     if len(data) > COMPRESS_OVER:
         packed = b"Z" + zlib.compress(data, 6)
         if len(packed) < len(data):
@@ -51,7 +64,7 @@ def dumps(state: CustomerState) -> bytes:
 
 
 def dumps_json(state: CustomerState) -> bytes:
-    """The v2 JSON form, never compressed (UTF-8 text: for routed operations)."""
+    """The v3 JSON form, never compressed (UTF-8 text: for routed operations)."""
     row: list[Any] = [VERSION, *(getattr(state, name) for name in FIELD_NAMES)]
     row[1 + _SEEN] = _pack_seen(state.seen)
     row[1 + _ORDERS] = _pack_orders(state.recent_orders)
@@ -60,24 +73,41 @@ def dumps_json(state: CustomerState) -> bytes:
     return orjson.dumps(row)
 
 
-def loads(data: bytes) -> CustomerState:
+def loads(data: bytes) -> Entry:
     if data[:1] == b"Z":
         try:
             data = zlib.decompress(data[1:])
         except zlib.error as exc:
             raise ValueError(f"unreadable compressed customer state: {exc}") from exc
     row = orjson.loads(data)
-    if not isinstance(row, list) or not row or row[0] not in (1, VERSION):
+    if isinstance(row, list) and row and row[0] in ("L", "E", "C"):
+        return _entry(row)
+    if not isinstance(row, list) or not row or row[0] not in (1, 2, VERSION):
         raise ValueError(
             f"unsupported customer-state format {row[:1] if isinstance(row, list) else type(row)}")
     values = row[1:]
+    if row[0] in (1, 2) and len(values) == _N - _V2_FIELDS:
+        values += [{}, "", {}, 0.0]
     if len(values) != _N:
         raise ValueError("customer-state record has the wrong number of fields")
-    if row[0] == VERSION:
+    if not isinstance(values[0], str) or not isinstance(values[FIELD_NAMES.index("stamps")], dict):
+        raise ValueError("customer-state record has fields of the wrong type")
+    if row[0] != 1:
         values[_SEEN] = _unpack_seen(values[_SEEN])
         values[_ORDERS] = _unpack_orders(values[_ORDERS])
         values[_SEGMENTS], values[_AUX] = _unpack_segments(values[_SEGMENTS], values[_AUX])
     return CustomerState(*values)
+
+
+def _entry(row: list[Any]) -> Entry:
+    if row[0] == "C" and len(row) == 2 and isinstance(row[1], int | float):
+        return Clock(float(row[1]))
+    if row[0] == "L" and len(row) == 3 and isinstance(row[1], str) and isinstance(row[2], dict):
+        return Link(row[1], row[2])
+    if (row[0] == "E" and len(row) == 4 and isinstance(row[1], dict)
+            and isinstance(row[2], int | float) and type(row[3]) is int):
+        return Erased(row[1], float(row[2]), row[3])
+    raise ValueError(f"malformed table entry of kind {row[0]}")
 
 
 # --- packings (each falls back to the v1 form when it would not read back exactly) -------------

@@ -22,7 +22,7 @@ DAY = 86400.0
 MAX_RECENT_ORDERS = 12
 MAX_CATEGORIES = 8
 MAX_CHANNELS = 6
-MAX_ANON_IDS = 4
+MAX_MERGED_IDS = 100  # default of SEGMENTER_MAX_MERGED_IDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +31,17 @@ class StateConfig:
     half_life_days: float = 30.0
     cart_abandon_after_s: float = DAY
     dedupe_window: int = 32
+    max_merged_ids: int = MAX_MERGED_IDS
 
 
 @dataclass(slots=True)
 class CustomerState:
     customer_id: str
     anonymous: bool = False
-    # anonymous ids whose history was merged into this customer (the last MAX_ANON_IDS);
-    # recorded by ``merge`` only, so it also tells that a merge was done
-    anonymous_ids: list[str] = field(default_factory=list)
+    # the customers (table keys: anonymous ids as ``anonymous_id:<id>``, renamed user ids)
+    # whose history was merged into this one: all of them, so that erasure reaches every
+    # link; at most StateConfig.max_merged_ids are requested by the customer's own events
+    merged_ids: list[str] = field(default_factory=list)
     first_seen: float = 0.0
     last_seen: float = 0.0
     # purchases
@@ -82,13 +84,21 @@ class CustomerState:
     seen: list[int] = field(default_factory=list)  # recent message-id digests, newest last
     segments: dict[str, str] = field(default_factory=dict)  # segmentation -> segment id
     segment_aux: dict[str, Any] = field(default_factory=dict)  # per-segmentation extra state
+    # exactly-once: per input channel ("<topic code>:<partition>"), the position
+    # [offset, sub-index] of the last record applied (see processing.py, "Channels")
+    stamps: dict[str, list[int]] = field(default_factory=dict)
+    epoch: str = ""  # where this state was created: with change_seq, names each change
+    # segment changes emitted so far, per segmentation (each its own count: one
+    # segmentation's changes never shift another's ids)
+    change_seq: dict[str, int] = field(default_factory=dict)
+    evaluated_at: float = 0.0  # event time of the last evaluation (never goes back)
 
     def copy(self) -> CustomerState:
         """A deep copy, field by field: ``copy.deepcopy`` cost ~170 µs a state on the hot path
         (each batch copies every customer it touches); this costs a few µs. Every container is
         copied; ``tests/unit/test_state.py`` checks that no field is left out or shared."""
         return CustomerState(
-            self.customer_id, self.anonymous, self.anonymous_ids[:], self.first_seen,
+            self.customer_id, self.anonymous, self.merged_ids[:], self.first_seen,
             self.last_seen, self.orders, self.revenue, self.refunds, self.refunded,
             self.first_order_at, self.last_order_at, [o[:] for o in self.recent_orders],
             self.decay_ref, self.revenue_recent, self.orders_recent, self.engagement_recent,
@@ -97,7 +107,9 @@ class CustomerState:
             self.sessions, self.custom_events, self.email_opens, self.email_clicks,
             self.email_unsubscribed, self.support_contacts, self.channels.copy(),
             self.categories.copy(), _copy_values(self.traits), self.traits_at, self.events,
-            self.seen[:], self.segments.copy(), _copy_values(self.segment_aux))
+            self.seen[:], self.segments.copy(), _copy_values(self.segment_aux),
+            {k: v[:] for k, v in self.stamps.items()}, self.epoch, self.change_seq.copy(),
+            self.evaluated_at)
 
 
 _ATOMS = (str, int, float, bool, type(None))
@@ -243,10 +255,9 @@ def apply_in_place(s: CustomerState, rec: Interaction, cfg: StateConfig) -> bool
     return True
 
 
-def _remember_anon(s: CustomerState, anon: str) -> None:
-    if anon not in s.anonymous_ids:
-        s.anonymous_ids.append(anon)
-        del s.anonymous_ids[:-MAX_ANON_IDS]
+def _remember(s: CustomerState, key: str) -> None:
+    if key != s.customer_id and key not in s.merged_ids:
+        s.merged_ids.append(key)
 
 
 def _bump(counts: dict[str, Any], key: str, by: float, cap: int) -> None:
@@ -293,10 +304,13 @@ def _abandon_check(s: CustomerState, now: float, cfg: StateConfig) -> None:
 
 def merge(into: CustomerState, other: CustomerState, cfg: StateConfig = StateConfig()
           ) -> CustomerState:
-    """Pure: the state of ``into`` with an anonymous history ``other`` folded in."""
+    """Pure: the state of ``into`` with another customer's history ``other`` folded in
+    (its counts, not its bookkeeping: stamps, segments and change sequence stay ``into``'s)."""
     out = into.copy()
     if other.events == 0:
-        _remember_anon(out, other.customer_id)  # absorbed, if with nothing to fold in
+        _remember(out, other.customer_id)  # absorbed, if with nothing to fold in
+        for key in other.merged_ids:
+            _remember(out, key)
         return out
     if out.events == 0:
         out.first_seen, out.last_seen, out.decay_ref = other.first_seen, other.last_seen, other.decay_ref
@@ -335,7 +349,55 @@ def merge(into: CustomerState, other: CustomerState, cfg: StateConfig = StateCon
         if digest not in out.seen:
             out.seen.append(digest)
     del out.seen[: max(0, len(out.seen) - cfg.dedupe_window)]
-    _remember_anon(out, other.customer_id)
-    for anon in other.anonymous_ids:
-        _remember_anon(out, anon)
+    _remember(out, other.customer_id)
+    for key in other.merged_ids:
+        _remember(out, key)
+    out.evaluated_at = max(out.evaluated_at, other.evaluated_at)
     return out
+
+
+@dataclass(slots=True)
+class Link:
+    """What the table holds for an id merged into another customer: where its events go
+    now, and the stamps of the state it replaced (records at or below them were applied to
+    that state, which now lives in ``target``: they are duplicates)."""
+
+    target: str
+    stamps: dict[str, list[int]] = field(default_factory=dict)
+
+    def copy(self) -> Link:
+        return Link(self.target, {k: v[:] for k, v in self.stamps.items()})
+
+
+@dataclass(slots=True)
+class Erased:
+    """What the table holds for an erased id: no data, only the stamps (a record replayed
+    after a crash must not bring the customer back) and when it was erased (wall clock;
+    the key itself is deleted after SEGMENTER_ERASED_KEEP_S)."""
+
+    stamps: dict[str, list[int]] = field(default_factory=dict)
+    erased_at: float = 0.0
+    generation: int = 1  # erasures of this id so far: a new customer's epoch starts with it
+
+    def copy(self) -> Erased:
+        return Erased({k: v[:] for k, v in self.stamps.items()}, self.erased_at,
+                      self.generation)
+
+
+@dataclass(slots=True)
+class Clock:
+    """One per partition (key :func:`clock_key`): a time tick has evaluated (or is
+    evaluating) every customer of the partition at event time ``tick_at``. An event is
+    evaluated no earlier than this, as the tick would."""
+
+    tick_at: float = 0.0
+
+    def copy(self) -> Clock:
+        return Clock(self.tick_at)
+
+
+def clock_key(partition: int) -> str:
+    return f"\x00clock:{partition}"  # ids never hold control characters: no customer's key
+
+
+Entry = CustomerState | Link | Erased | Clock  # a customers-table value

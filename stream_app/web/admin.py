@@ -44,7 +44,7 @@ def register_admin(rt: Runtime) -> None:
             if not customer_id or len(customer_id) > MAX_ID_LENGTH:
                 return self.json({"error": "invalid customer id"}, status=400)
             request_id = f"erase-{uuid.uuid4().hex}"
-            partition = routing.partition_for(customer_id, rt.settings.partitions)
+            partition = routing.partition_of(customer_id, rt.settings.partitions)
             sent = await rt.routed_topic.send(
                 key=customer_id.encode(), value=routing.erase_op(customer_id, request_id),
                 partition=partition, force=True)

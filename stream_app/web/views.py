@@ -11,7 +11,9 @@ import aiohttp
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
+from ..events.interaction import ANON_PREFIX
 from ..state.codec import to_json
+from ..state.customer import CustomerState, Link
 from ..state.features import features
 from .access import Gate
 from .admin import register_admin
@@ -63,7 +65,9 @@ def register_views(rt: Runtime) -> None:
             except (TypeError, KeyError):  # assignment metadata not known yet: answer locally
                 pass
             state = rt.customer(customer_id)
-            if state is None:
+            if type(state) is Link:
+                return self.json({"id": customer_id, "merged_into": state.target})
+            if type(state) is not CustomerState:  # absent, or erased
                 return self.json({"error": "unknown customer", "id": customer_id}, status=404)
             return self.json(customer_document(rt, state))
 
@@ -183,7 +187,9 @@ def customer_document(rt: Runtime, state: Any) -> dict[str, Any]:
     return {
         "id": state.customer_id,
         "anonymous": state.anonymous,
-        "anonymous_ids": state.anonymous_ids,
+        "anonymous_ids": [k[len(ANON_PREFIX):] for k in state.merged_ids
+                          if k.startswith(ANON_PREFIX)],
+        "merged_ids": state.merged_ids,
         "traits": state.traits,
         "features": feats,
         "segments": segments,

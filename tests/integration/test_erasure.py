@@ -2,7 +2,7 @@
 
 ``DELETE /admin/customers/{id}`` with the bearer token: the customer leaves every segment
 (changes to null), its state is deleted (a tombstone in the changelog), the link of its
-anonymous id is removed (a tombstone in the aliases changelog), ``/customers/{id}`` answers
+anonymous id is removed (an erasure marker in its place), ``/customers/{id}`` answers
 404, and later events for the id, or for its old anonymous id, start new customers.
 """
 
@@ -11,6 +11,10 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
+
+from stream_app.events.interaction import ANON_PREFIX
+from stream_app.state import codec
+from stream_app.state.customer import Erased, Link
 
 from .conftest import read_topic, send, wait_for
 from .equivalence import final_table
@@ -53,7 +57,8 @@ def test_erasure_through_the_admin_endpoint(broker, worker_factory, producer):
     member_of = {seg: v["segment"] for seg, v in before["segments"].items() if v["segment"]}
     assert {"rfm", "age_band", "geographic"} <= set(member_of), member_of
     app = worker.env["SEGMENTER_APP_ID"]
-    assert final_table(broker, app, "aliases").get(ANON) == USER.encode()
+    link = codec.loads(final_table(broker, app, "customers")[ANON_PREFIX + ANON])
+    assert type(link) is Link and link.target == USER
 
     url = f"{worker.base_url}/admin/customers/{USER}"
     r = httpx.delete(url, timeout=10)
@@ -73,9 +78,13 @@ def test_erasure_through_the_admin_endpoint(broker, worker_factory, producer):
     for seg, change in exits.items():
         assert change["previous_segment"] == member_of[seg]
         assert change["reason"] == "erased on request"
-    wait_for(lambda: final_table(broker, app, "customers").get(USER, b"x") in (None, b""),
-             what="a tombstone for the customer in the changelog")
-    assert final_table(broker, app, "aliases").get(ANON) in (None, b"")
+    def markers():
+        table = final_table(broker, app, "customers")
+        entries = [codec.loads(table[k]) for k in (USER, ANON_PREFIX + ANON) if table.get(k)]
+        return len(entries) == 2 and all(type(e) is Erased for e in entries)
+
+    wait_for(markers, what="erasure markers (no data) for the customer and its anonymous id")
+    assert b"gdpr@example.org" not in final_table(broker, app, "customers")[USER]
 
     # Later events start fresh: the user has only the new event, and the old anonymous id is
     # a customer of its own again (not forwarded to the erased user).
@@ -88,7 +97,7 @@ def test_erasure_through_the_admin_endpoint(broker, worker_factory, producer):
                      and r.json(), what="the user again")
     assert fresh["events"] == 1 and fresh["features"]["orders"] == 1 and fresh["traits"] == {}
     assert fresh["anonymous_ids"] == []
-    anon = wait_for(lambda: (r := worker.get(f"/customers/{ANON}")).status_code == 200
+    anon = wait_for(lambda: (r := worker.get(f"/customers/{ANON_PREFIX}{ANON}")).status_code == 200
                     and r.json(), what="the anonymous id as its own customer")
     assert anon["events"] == 1 and anon["anonymous"] is True
 

@@ -92,7 +92,10 @@ def test_anonymous_history_merges_into_the_identified_customer(broker, worker, p
     send(producer, {"type": "track", "event": "Product Added", "anonymousId": anon,
                     "messageId": "add1", "timestamp": "2026-10-04T10:00:00Z"}, key=anon.encode())
     producer.flush()
-    wait_for(lambda: worker.get(f"/customers/{anon}").status_code == 200, what="anonymous state")
+    # an anonymous customer's key: anonymous_id:<id> (its own id space, never a user's)
+    wait_for(lambda: worker.get(f"/customers/anonymous_id:{anon}").status_code == 200,
+             what="anonymous state")
+    assert worker.get(f"/customers/{anon}").status_code == 404  # no user of that id
     # login: identify links the anonymous id to the user
     send(producer, {"type": "identify", "userId": "dave", "anonymousId": anon, "messageId": "id1",
                     "timestamp": "2026-10-05T10:00:00Z", "traits": {"age": 29}}, key=b"dave")
@@ -100,7 +103,8 @@ def test_anonymous_history_merges_into_the_identified_customer(broker, worker, p
     dave = wait_for(lambda: (r := worker.get("/customers/dave")).status_code == 200
                     and r.json()["features"]["product_views"] == 3 and r.json(), what="merge")
     assert dave["features"]["cart_adds"] == 1 and anon in dave["anonymous_ids"]
-    wait_for(lambda: worker.get(f"/customers/{anon}").status_code == 404, what="anon removed")
+    wait_for(lambda: worker.get(f"/customers/anonymous_id:{anon}").json().get("merged_into")
+             == "dave", what="anon merged into the user")
     # a later anonymous-only event for the same id lands on the user
     send(producer, {"type": "track", "event": "Product Viewed", "anonymousId": anon,
                     "messageId": "v9", "timestamp": "2026-10-06T10:00:00Z"}, key=anon.encode())

@@ -12,7 +12,6 @@ from stream_app.events.interaction import Interaction
 from stream_app.state import codec
 from stream_app.state.customer import (
     FIELD_NAMES,
-    MAX_ANON_IDS,
     MAX_CATEGORIES,
     MAX_CHANNELS,
     MAX_RECENT_ORDERS,
@@ -69,7 +68,7 @@ def test_busy_customer_fills_every_cap() -> None:
     s = busy_customer()
     assert len(s.recent_orders) == MAX_RECENT_ORDERS and len(s.seen) == 32
     assert len(s.categories) == MAX_CATEGORIES and len(s.channels) == MAX_CHANNELS
-    assert len(s.anonymous_ids) == MAX_ANON_IDS and len(s.traits) == 9
+    assert len(s.merged_ids) == 6 and len(s.traits) == 9
 
 
 @pytest.mark.parametrize("make", [busy_customer, typical_customer,
@@ -84,13 +83,15 @@ def test_round_trip(make) -> None:  # type: ignore[no-untyped-def]
 
 def test_layout_is_versioned_and_positional() -> None:
     row = orjson.loads(codec.dumps(typical_customer()))
-    assert row[0] == codec.VERSION == 2
+    assert row[0] == codec.VERSION == 3
     assert len(row) == 1 + len(FIELD_NAMES)
     assert row[1 + FIELD_NAMES.index("customer_id")] == "user-48213"
 
 
 @pytest.mark.parametrize("data", [
-    orjson.dumps([3, *orjson.loads(codec.dumps(CustomerState(customer_id="x")))[1:]]),
+    orjson.dumps([4, *orjson.loads(codec.dumps(CustomerState(customer_id="x")))[1:]]),
+    orjson.dumps([3, 7, *orjson.loads(codec.dumps(CustomerState(customer_id="x")))[2:]]),
+    orjson.dumps(["L", 5, {}]), orjson.dumps(["E", "x", 0]), orjson.dumps(["C"]),
     orjson.dumps([]),
     orjson.dumps({"customer_id": "x"}),
     orjson.dumps([1, "x"]),  # too few fields
@@ -173,3 +174,19 @@ def test_state_codec_is_the_v2_codec() -> None:
     state = busy_customer()
     c = codec.StateCodec()
     assert c.dumps(state) == codec.dumps(state) and c.loads(c.dumps(state)) == state
+
+
+def test_a_v2_record_reads_with_the_new_fields_defaulted() -> None:
+    state = typical_customer()
+    row = orjson.loads(codec.dumps(state))
+    v2 = [2, *row[1:-4]]
+    back = codec.loads(orjson.dumps(v2))
+    assert type(back) is CustomerState and back.orders == state.orders
+    assert (back.stamps, back.epoch, back.change_seq, back.evaluated_at) == ({}, "", {}, 0.0)
+
+
+def test_links_markers_and_clocks_round_trip() -> None:
+    from stream_app.state.customer import Clock, Erased, Link
+
+    for entry in (Link("u1", {"0:3": [7, 0]}), Erased({"1:2": [9, 1025]}, 1.7e9), Clock(1.6e9)):
+        assert codec.loads(codec.dumps(entry)) == entry

@@ -20,8 +20,9 @@ from stream_app.config import Settings
 from stream_app.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUIRED = {"GRAFANA_ADMIN_PASSWORD": "grafana-secret", "SEGMENTER_ADMIN_TOKEN": "admin-token"}
-SERVICES = {"kafka", "topic-init", "worker", "kafka-ui", "prometheus", "grafana"}
+REQUIRED = {"GRAFANA_ADMIN_PASSWORD": "grafana-secret", "SEGMENTER_ADMIN_TOKEN": "admin-token",
+            "SEGMENTER_WRITE_KEYS": "write-key-for-tests"}
+SERVICES = {"kafka", "topic-init", "worker", "collector", "kafka-ui", "prometheus", "grafana"}
 
 
 def _compose(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -215,7 +215,9 @@ def test_page_screen_identify_alias() -> None:
     page = one({"type": "page", "anonymousId": "a1", "name": "Home", "category": "Shoes"})
     assert (page.kind, page.name, page.categories, page.channel) == (
         ix.PAGE_VIEW, "Home", ("shoes",), "web")
-    assert page.customer_id == "a1" and page.user_id is None and page.anonymous_id == "a1"
+    # an anonymous customer's key: its own id space (never a user's)
+    assert page.customer_id == "anonymous_id:a1" and page.user_id is None
+    assert page.anonymous_id == "a1"
     screen = one({"type": "screen", "userId": "u1", "name": "Cart"})
     assert (screen.kind, screen.channel) == (ix.SCREEN_VIEW, "mobile")
     ident = one({"type": "identify", "userId": "u1", "anonymousId": "a1",

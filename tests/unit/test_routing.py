@@ -91,22 +91,37 @@ def test_event_op_round_trip() -> None:
                       user_id="u1", anonymous_id="a1", name=None, amount=12.5,
                       categories=("shoes", "bags"), channel="web",
                       traits={"age": 3, "interests": ["golf"]}, previous_id="p1")
-    op = routing.parse_op(routing.event_op(rec))
-    assert op[0] == routing.OP_EVENT
-    assert Interaction.from_wire(op[1]) == rec
+    op = routing.parse_op(routing.event_op(rec, [0, 3, 17, 1], ["x"]))
+    assert op[:3] == [routing.OP_EVENT, [0, 3, 17, 1], ["x"]]
+    assert Interaction.from_wire(op[3]) == rec
 
 
 def test_identity_ops_round_trip() -> None:
-    assert routing.parse_op(routing.merge_op("a1", "u1")) == [routing.OP_MERGE, "a1", "u1"]
-    assert routing.parse_op(routing.absorb_op("u1", "a1", b'[1,"a1"]')) == [
-        routing.OP_ABSORB, "u1", "a1", '[1,"a1"]']
-    assert routing.parse_op(routing.erase_op("u1", "m9")) == [routing.OP_ERASE, "u1", "m9"]
+    via = [1, 2, 40, 3]
+    assert routing.parse_op(routing.merge_op("a1", "u1", via)) == [
+        routing.OP_MERGE, via, [], "a1", "u1"]
+    assert routing.parse_op(routing.absorb_op("u1", "a1", b'[1,"a1"]', via, ["z"])) == [
+        routing.OP_ABSORB, via, ["z"], "u1", "a1", '[1,"a1"]']
+    assert routing.parse_op(routing.erase_op("u1", "m9")) == [
+        routing.OP_ERASE, None, [], "u1", "m9"]
+    assert routing.parse_op(routing.unlink_op("a1", ["u1", "u0"], "m9", via)) == [
+        routing.OP_UNLINK, via, [], "a1", ["u1", "u0"], "m9"]
+
+
+def test_an_anonymous_customer_lives_where_its_id_is_keyed() -> None:
+    for n in (1, 8, 100):
+        for key in KEYS[:200]:
+            assert routing.partition_of("anonymous_id:" + key, n) == partition_for(key, n)
 
 
 @pytest.mark.parametrize("value", [
     b"not json", b"{}", b"[]", b'"ev"', b'["nope", 1]', b"[[1], 2]", b'[{"a": 1}]',
     b'["merge", "a1"]', b'["merge", "a1", 7]', b'["ev", "row"]', b'["ev"]',
     b'["absorb", "u1", "a1"]', b'["erase", "u1", "m", "x"]',
+    b'["merge", null, [], "a1"]', b'["merge", [0, 1, 2], [], "a1", "u1"]',
+    b'["merge", [5, 1, 2, 3], [], "a1", "u1"]', b'["merge", [0, -1, 2, 3], [], "a1", "u1"]',
+    b'["merge", null, "p", "a1", "u1"]', b'["merge", null, [1], "a1", "u1"]',
+    b'["unlink", null, [], "a1", "u1", "m"]', b'["ev", null, [], "row"]',
 ])
 def test_parse_op_refuses_what_is_not_an_operation(value: bytes) -> None:
     with pytest.raises(ValueError):
@@ -114,4 +129,4 @@ def test_parse_op_refuses_what_is_not_an_operation(value: bytes) -> None:
 
 
 def test_ops_are_compact_json() -> None:
-    assert orjson.loads(routing.merge_op("a", "u")) == ["merge", "a", "u"]
+    assert orjson.loads(routing.merge_op("a", "u", None)) == ["merge", None, [], "a", "u"]

@@ -206,7 +206,6 @@ def test_segment_changes_carry_no_personal_data() -> None:
     # "female", psychographic "eco_minded") are the segmentation itself, not a leak.
     t0 = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
     customers: dict[str, Any] = {}
-    aliases: dict[str, str] = {}
     docs: list[dict[str, Any]] = []
     for n in range(6):
         uid = f"cust-{n}"
@@ -235,7 +234,7 @@ def test_segment_changes_carry_no_personal_data() -> None:
                      "messageId": f"e-{n}", "timestamp": ts(n + 2), "properties": {}})
     msgs = [Message("in", 0, i, None, orjson.dumps(d), t0) for i, d in enumerate(docs)]
     wall = t0 + 30 * 86400
-    result = step.run(0, msgs, customers, aliases, wall)
+    result = step.run(0, msgs, customers, wall)
     assert not result.dead_letters and result.applied == len(docs)
     assert len(result.changes) >= 12  # value, lifecycle, demographic, geographic ... moved
     assert {c.record["segmentation"] for c in result.changes} >= {"rfm", "age_band", "gender",

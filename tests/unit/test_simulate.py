@@ -71,7 +71,7 @@ def test_events_are_valid_spec_events_in_event_time_order(
 def test_ground_truth_covers_every_customer_with_the_planned_mix(
         decoded: list[ix.Interaction]) -> None:
     sim = simulate(**SMALL)
-    assert set(sim.ground_truth) == {rec.customer_id for rec in decoded}
+    assert set(sim.ground_truth) == {ix.raw_id(rec.customer_id) for rec in decoded}
     assert sim.ground_truth == population(SMALL["customers"], SMALL["seed"])
     counts = Counter(sim.ground_truth.values())
     for persona in PERSONAS:

@@ -15,7 +15,6 @@ from stream_app.events.interaction import Interaction
 from stream_app.state.customer import (
     DAY,
     FIELD_NAMES,
-    MAX_ANON_IDS,
     MAX_CATEGORIES,
     MAX_RECENT_ORDERS,
     CustomerState,
@@ -221,7 +220,7 @@ def test_decayed_sums_halve_per_half_life_in_event_time() -> None:
 
 # Fields that cannot be folded exactly out of order with bounded state (see test docstring).
 ORDER_SENSITIVE = {"sessions"}
-UNORDERED = {"seen", "anonymous_ids"}  # arrival-order lists: compared as sets
+UNORDERED = {"seen", "merged_ids"}  # arrival-order lists: compared as sets
 # Decayed sums are compared as values at a common reference time, not as stored: the stored
 # reference is the newest contributing event *or* the first event to arrive, if that is newer.
 DECAYED = ("revenue_recent", "orders_recent", "engagement_recent")
@@ -326,13 +325,13 @@ def test_merge_equals_living_one_history(data: st.DataObject, recs: list[Interac
     a_state = apply_many(None, anon)[0] or CustomerState(customer_id="anon")
     merged = merge(u_state, a_state)
     if not anon:  # nothing to fold in; the id is still recorded as merged
-        assert merged.anonymous_ids == ["anon"]
-        merged.anonymous_ids = []
+        assert merged.merged_ids == ["anon"]
+        merged.merged_ids = []
         assert merged == u_state
         return
-    skip = ORDER_SENSITIVE | {"anonymous_ids"}
+    skip = ORDER_SENSITIVE | {"merged_ids"}
     assert_same_state(merged, fold(whole), skip)
-    assert merged.anonymous_ids == ["anon"]
+    assert merged.merged_ids == ["anon"]
 
 
 # --- carts ----------------------------------------------------------------------------------------
@@ -376,14 +375,15 @@ def test_identify_without_traits_changes_nothing() -> None:
     assert s.traits == {"age": 30} and s.traits_at == T0
 
 
-def test_anonymous_ids_are_recorded_by_merges_only_and_capped() -> None:
+def test_merged_ids_are_recorded_by_merges_only_and_all_kept() -> None:
     # Events that carry an anonymous id do not record it: only absorbing its history does,
-    # so the list tells which histories were merged (the identity merge relies on that).
+    # so the list tells which histories were merged; all are kept, for erasure to reach
+    # every link (the cap is on the merges a customer's events request: processing.py).
     s = fold([rec(ix.PAGE_VIEW, T0 + i, anonymous_id=f"a{i}") for i in range(3)])
-    assert s.anonymous_ids == []
-    for i in range(MAX_ANON_IDS + 2):
+    assert s.merged_ids == []
+    for i in range(12):
         s = merge(s, fold([rec(ix.PAGE_VIEW, T0 + 50 + i, f"m{i}", cid=f"a{i}", user=False)]))
-    assert s.anonymous_ids == [f"a{i}" for i in range(2, MAX_ANON_IDS + 2)]
+    assert s.merged_ids == [f"a{i}" for i in range(12)]
 
 
 # --- counters and affinities -------------------------------------------------------------------------
@@ -457,7 +457,7 @@ def test_merge_folds_anonymous_history_into_the_user() -> None:
     assert m.categories == {"shoes": 6.0, "toys": 1.0}
     assert set(m.seen) == set(user.seen) | set(anon.seen)
     assert is_duplicate(m, "a-p1") and is_duplicate(m, "u1-page_view-1700000000.0")
-    assert m.anonymous_ids == ["a1"]
+    assert m.merged_ids == ["a1"]
     expected = user.revenue_recent + 50.0 * 2 ** (-(2 * DAY + 2 * MIN) / (30 * DAY))
     assert m.decay_ref == user.decay_ref
     assert m.revenue_recent == pytest.approx(expected)
@@ -478,8 +478,8 @@ def test_merge_keeps_a_cart_no_order_came_after() -> None:
 def test_merge_of_an_empty_history_only_records_the_id() -> None:
     user = busy_state()
     m = merge(user, CustomerState(customer_id="a1"))
-    assert m.anonymous_ids == ["a1"] and user.anonymous_ids == [] and m is not user
-    m.anonymous_ids = []
+    assert m.merged_ids == ["a1"] and user.merged_ids == [] and m is not user
+    m.merged_ids = []
     assert m == user
 
 
