@@ -271,6 +271,9 @@ class Step:
         state.segments.clear()
 
 
+# In a path: the id at which an operation was sent on (caused by the one that arrived there),
+# as opposed to a link it was relayed through; ids never hold control characters.
+SENT_AT = "\x01"
 SUB = 1024  # sub-indices per event of a record: [offset, event index * SUB + op number]
 
 
@@ -284,9 +287,9 @@ class _Batch:
 
     Channels (exactly-once effect). Every record a partition's step reads arrives on a
     *channel*, a FIFO: an input partition read directly (``"0:<p>"``), the routed records
-    another partition's step sent while reading one of its inputs (``"0:<q>"`` or
-    ``"1:<q>"``: the operation's ``via``), or a request from outside (``"2:<p>"``, at the
-    record's own position). Along a channel positions ``[offset, sub-index]`` only grow,
+    a partition's step sent while reading one of its inputs (``"r0:<q>"`` or ``"r1:<q>"``:
+    the operation's ``via``), or a request from outside (``"2:<p>"``, at the record's own
+    position). Along a channel positions ``[offset, sub-index]`` only grow,
     and a replay after a crash repeats what was sent before, in the same order, with the
     same positions (the step is deterministic). Every table entry stores, per channel, the
     last position applied to it (its *stamps*), in the same record as the state, so a
@@ -311,6 +314,10 @@ class _Batch:
         self.cause = ""  # what the operation being processed is (for a dissolved link's epoch)
         self.here: list[int] = [0, 0, 0, 0]  # position of the operation being processed
         self.ops = 0  # operations sent while processing it
+        # the via of the routed operation being processed (None: an input record, or a
+        # request from outside): what it causes is sent on with the same via and a longer
+        # path, so a repeat of it is recognised downstream, however often it is relayed
+        self.in_via: list[int] | None = None
 
     # --- state access ------------------------------------------------------------------------
     def _load(self, key: str) -> Any:
@@ -327,6 +334,21 @@ class _Batch:
 
     def _owned(self, key: str) -> bool:
         return routing.partition_of(key, self.step.partitions) == self.partition
+
+    def _out_via(self) -> list[int]:
+        if self.in_via is not None:
+            return self.in_via
+        return self._via()
+
+    def _new_via(self) -> list[int]:
+        """The via of a new operation this one causes (a merge request, a hand-over, an
+        unlink): the incoming via with a sub-index of its own, so two operations it causes
+        towards one customer are not taken for one."""
+        if self.in_via is None:
+            return self._via()
+        self.ops += 1
+        t, p, offset, k = self.in_via
+        return [t, p, offset, k * 64 + self.ops]
 
     def _via(self) -> list[int]:
         self.ops += 1
@@ -356,20 +378,33 @@ class _Batch:
         whatever the order (every member's state is on its way along the cycle).
         """
         path = list(path)
+        stamped: dict[str, list[int] | None] = {}  # links stamped here: their stamp before
         while True:
             entry = self._load(key)
             if type(entry) is not Link:
                 return "here", key, entry, path
-            if not _fresh(entry.stamps, channel, pos):
-                return "dup", key, None, path
+            if key not in path:  # (a cycle's smallest id is met twice: checked once)
+                if not _fresh(entry.stamps, channel, pos):
+                    return "dup", key, None, path
+                # what a link relays is recorded in it too: erased, its marker still knows
+                # the record (a replay must not bring the customer back through it)
+                stamped[key] = entry.stamps.get(channel)
+                entry.stamps[channel] = pos
+                self.dirty.add(key)
             target = entry.target
             cycle = path[path.index(target):] + [key] if target in path else (
                 [key] if target == key else None)
             if cycle is not None:
                 root = min(cycle)
                 if root == key:
+                    stamps = dict(entry.stamps)  # as before this record: it applies here
+                    if stamped.get(key) is None:
+                        stamps.pop(channel, None)
+                    else:
+                        stamps[channel] = stamped[key]
                     state = CustomerState(customer_id=key, anonymous=key.startswith(ANON_PREFIX),
-                                          stamps=entry.stamps, epoch=f"0:root:{self.cause}")
+                                          stamps=stamps,
+                                          epoch=f"{_generation(entry)}:root:{channel}@{pos}")
                     self._put(key, state)
                     return "here", key, state, path
                 target = root
@@ -396,6 +431,7 @@ class _Batch:
         for rej in rejects:
             self.result.dead_letters.append((msg, rej))
         channel = f"{routing.TOPIC_INPUT}:{msg.partition}"
+        self.in_via = None
         for i, rec in enumerate(recs):
             self.here = [routing.TOPIC_INPUT, msg.partition, msg.offset, i * SUB]
             self.ops = 0
@@ -406,19 +442,19 @@ class _Batch:
         self.cause = rec.message_id
         cid = rec.customer_id
         if not self._owned(cid):
-            self._route(cid, routing.event_op(rec, self._via(), path))
+            self._route(cid, routing.event_op(rec, self._out_via(), path))
             return
         what, key, entry, path = self._resolve(cid, channel, pos, path)
         if what == "dup":
             self.result.duplicates += 1
         elif what == "route":
             rec.customer_id = key
-            self._route(key, routing.event_op(rec, self._via(), path))
+            self._route(key, routing.event_op(rec, self._out_via(), path))
         elif what == "loop":
             self._dead("routing_loop", f"more than {routing.MAX_PATH} links followed")
         else:
             rec.customer_id = key
-            self._apply(rec, key, entry, channel, pos, ingest_ts)
+            self._apply(rec, key, entry, channel, pos, ingest_ts, path)
 
     def _merge_sources(self, rec: Interaction, key: str) -> list[str]:
         """The customers this event asks to merge into ``key``: its anonymous id's (an
@@ -432,7 +468,7 @@ class _Batch:
         return [src for src in out if src != key]
 
     def _apply(self, rec: Interaction, key: str, entry: Any, channel: str, pos: list[int],
-               ingest_ts: float) -> None:
+               ingest_ts: float, path: list[str]) -> None:
         res = self.result
         if type(entry) is CustomerState:
             state: CustomerState | None = entry
@@ -468,7 +504,7 @@ class _Batch:
                 break
             if (src, key) not in self.merges:  # once per batch is enough
                 self.merges.add((src, key))
-                self._route(src, routing.merge_op(src, key, self._via()))
+                self._route(src, routing.merge_op(src, key, self._new_via(), [*path, SENT_AT + key]))
         traits = state.traits.copy()
         if not apply_in_place(state, rec, self.step.cfg):
             res.duplicates += 1
@@ -510,11 +546,20 @@ class _Batch:
         if via is None:  # from outside the pipeline: its own position
             channel, pos = f"{routing.TOPIC_OUTSIDE}:{msg.partition}", [msg.offset, 0]
         else:
-            channel, pos = f"{via[0]}:{via[1]}", [via[2], via[3]]
+            # "r": what that step sent through the routed topic is a FIFO of its own, apart
+            # from what it applied directly (a merge request sent by record 0 arrives after
+            # record 1 was applied)
+            # and each path of links a FIFO of its own (records relayed through a link on
+            # another partition arrive after later ones sent straight)
+            n = self.step.partitions
+            channel = f"r{via[0]}:{via[1]}" + "".join(
+                f">{routing.partition_of(x.removeprefix(SENT_AT), n)}" for x in path)
+            pos = [via[2], via[3]]
+        self.in_via = via
         if rec is not None:
             self.on_interaction(rec, msg.timestamp, channel, pos, path)
         elif kind == routing.OP_MERGE:
-            self._merge_out(op[3], op[4], channel, pos, msg.timestamp)
+            self._merge_out(op[3], op[4], channel, pos, path, msg.timestamp)
         elif other is not None:
             self._absorb(op[3], op[4], other, channel, pos, path, msg.timestamp)
         elif kind == routing.OP_ERASE:
@@ -523,7 +568,7 @@ class _Batch:
             self._unlink(op[3], set(op[4]), channel, pos)
 
     def _merge_out(self, source: str, target: str, channel: str, pos: list[int],
-                   ingest_ts: float) -> None:
+                   path: list[str], ingest_ts: float) -> None:
         """At the source's partition: hand its history to ``target``, leave a link.
 
         An id merged once stays with that customer: a request to merge it into another one
@@ -531,7 +576,12 @@ class _Batch:
         """
         entry = self._load(source)
         if type(entry) is Link:
-            return  # merged already (a repeated request, or into someone else first)
+            # merged already (a repeated request, or into someone else first); recorded, so
+            # that once the link is erased a replay of this request is still known
+            if _fresh(entry.stamps, channel, pos):
+                entry.stamps[channel] = pos
+                self.dirty.add(source)
+            return
         stamps = entry.stamps if entry is not None else {}
         if entry is not None and not _fresh(stamps, channel, pos):
             return  # a replayed request
@@ -545,7 +595,7 @@ class _Batch:
             state = CustomerState(customer_id=source, anonymous=source.startswith(ANON_PREFIX))
         self._put(source, Link(target, stamps))
         self._route(target, routing.absorb_op(target, source, codec.dumps_json(state),
-                                              self._via()))
+                                              self._new_via(), [*path, SENT_AT + source]))
 
     def _absorb(self, target: str, source: str, other: CustomerState, channel: str,
                 pos: list[int], path: list[str], ingest_ts: float) -> None:
@@ -554,7 +604,7 @@ class _Batch:
         what, key, entry, path = self._resolve(target, channel, pos, path)
         if what == "route":
             self._route(key, routing.absorb_op(key, source, codec.dumps_json(other),
-                                               self._via(), path))
+                                               self._out_via(), path))
             return
         if what == "loop":
             self._dead("routing_loop", f"more than {routing.MAX_PATH} links followed")
@@ -598,7 +648,7 @@ class _Batch:
             if self._owned(target):
                 self._erase(target, request_id, channel, pos, path, ingest_ts)
             else:
-                self._route(target, routing.erase_op(target, request_id, self._via(), path))
+                self._route(target, routing.erase_op(target, request_id, self._out_via(), path))
             return
         if entry is not None and not _fresh(entry.stamps, channel, pos):
             return
@@ -611,13 +661,14 @@ class _Batch:
                 if self._owned(key):
                     self._unlink(key, set(owners), channel, pos)
                 else:
-                    self._route(key, routing.unlink_op(key, owners, request_id, self._via()))
+                    self._route(key, routing.unlink_op(key, owners, request_id,
+                                                       self._new_via(), [*path, SENT_AT + cid]))
         self._put(cid, Erased(stamps, self.wall_now, _generation(entry) + 1))
 
     def _unlink(self, key: str, owners: set[str], channel: str, pos: list[int]) -> None:
         """An id merged into an erased customer: its link goes (if it points into it)."""
         entry = self._load(key)
-        if type(entry) is Link and entry.target in owners:
+        if type(entry) is Link and entry.target in owners and _fresh(entry.stamps, channel, pos):
             self._put(key, Erased(_stamped(entry.stamps, channel, pos), self.wall_now, 1))
 
     def finish(self) -> StepResult:

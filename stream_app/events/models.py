@@ -24,7 +24,7 @@ from pydantic import (
 # pattern: not only whitespace (stripped, it would be empty), and no control characters
 # (ids are table keys and Kafka keys); says so in the JSON Schema too
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256,
-                                     pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")]
+                                     pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")]
 ANON_PREFIX = "anonymous_id:"  # reserved: see events/interaction.py
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,

@@ -67,8 +67,9 @@ def erase_op(customer_id: str, request_id: str, via: Via | None = None,
     return orjson.dumps([OP_ERASE, via, list(path), customer_id, request_id])
 
 
-def unlink_op(key: str, owners: list[str], request_id: str, via: Via | None) -> bytes:
-    return orjson.dumps([OP_UNLINK, via, [], key, owners, request_id])
+def unlink_op(key: str, owners: list[str], request_id: str, via: Via | None,
+              path: Sequence[str] = ()) -> bytes:
+    return orjson.dumps([OP_UNLINK, via, list(path), key, owners, request_id])
 
 
 _ARGS = {OP_EVENT: 1, OP_MERGE: 2, OP_ABSORB: 3, OP_ERASE: 2, OP_UNLINK: 3}
