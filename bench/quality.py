@@ -1,6 +1,11 @@
 """Quality and speed of the behaviour segmentation, per clustering model, on simulated traffic.
 
     .venv/bin/python bench/quality.py [--customers N] [--days D] [--model kmeans ...]
+    .venv/bin/python bench/quality.py --horizon [--customers N] [--days D] [--model ...]
+
+``--horizon``: the long-horizon benchmark instead (two years of three changing populations
+from ``stream_app.simulate_long``, through ``stream_app.evaluation``, the engine of
+``segmenter evaluate``); see :func:`horizon`.
 
 Simulated customers with known personas (``stream_app.simulate``) go through the same pure
 path as the worker, in micro-batches as the worker takes them: ``parse.decode`` ->
@@ -361,10 +366,74 @@ def print_report(r: Report, wall_s: float) -> None:
                   f"{'never' if last is None else f'{last:.0f}d':>6} since order")
 
 
+HORIZON_HEAD = (f"{'population':<12}{'model':<13}{'segs':>5}{'ARI truth':>10}{'ARI batch':>10}"
+                f"{'ARI rfm':>8}{'vers':>5}{'ids q1':>7}{'ids/q max':>10}{'stable':>8}"
+                f"{'worst':>7}{'chg/c/d':>9}{'unseg':>6}{'run s':>6}")
+
+
+def horizon(customers: int = 600, days: float = 730.0, models: Sequence[str] = tuple(MODELS),
+            seed: int = 1, populations: Sequence[str] | None = None, rescore: bool = True,
+            min_learned: int = 1000, settings: TrainerSettings = DEFAULT_SETTINGS
+            ) -> list[dict[str, Any]]:
+    """Two years of each long-horizon population through ``stream_app.evaluation``, per model.
+
+    Columns: ARI truth (customers with 60 days of history), ARI batch (batch k-means on the
+    same vectors and scaling, same k), ARI rfm (batch k-means on recency, frequency and
+    monetary value), vers (model versions), ids q1 (segment ids minted in the first quarter
+    of event time), ids/q max (the most minted in any later quarter; target <= 2), stable
+    (mean share of segment holders whose nearest id is unchanged across consecutive versions,
+    features frozen; target >= 95 %), worst (the lowest such share), chg/c/d (segment moves
+    per customer per day held), unseg (customers with data left without a segment when the
+    first ready model was loaded).
+    """
+    from stream_app.evaluation import Evaluation, EvaluationSettings
+    from stream_app.simulate_long import horizon_populations
+
+    rows = []
+    print(HORIZON_HEAD)
+    print("-" * len(HORIZON_HEAD))
+    for pop in horizon_populations(customers, days, seed):
+        if populations and pop.name not in populations:
+            continue
+        truth = pop.truth
+        for model in models:
+            ev = Evaluation(EvaluationSettings(
+                trainer=_settings(settings, model, settings.clusters, seed),
+                rescore=rescore, min_learned=min_learned, seed=seed), truth=truth)
+            ev.feed(pop)
+            r = ev.finish()
+            quarters = r.new_ids_per_quarter()
+            stable = r.stability()
+            row = {"population": pop.name, "model": model, "segments": len(set(r.members.values())),
+                   "ari_truth": r.ari_truth, "ari_batch": r.ari_batch, "ari_rfm": r.ari_rfm,
+                   "versions": len(r.versions), "ids_q1": quarters[0],
+                   "ids_later_max": max(quarters[1:], default=0), "ids_by_quarter": quarters,
+                   "stable": sum(stable) / len(stable) if stable else float("nan"),
+                   "stable_worst": min(stable, default=float("nan")),
+                   "changes_per_day": r.changes_per_customer_day, "unassigned": r.unassigned_after_first_ready,
+                   "run_s": r.run_s, "events": r.events, "customers": r.customers}
+            rows.append(row)
+            print(f"{pop.name:<12}{model:<13}{row['segments']:>5}{_f(row['ari_truth']):>10}"
+                  f"{_f(row['ari_batch']):>10}{_f(row['ari_rfm']):>8}{row['versions']:>5}"
+                  f"{row['ids_q1']:>7}{row['ids_later_max']:>10}{row['stable']:>8.1%}"
+                  f"{row['stable_worst']:>7.1%}{_f(row['changes_per_day'], 4):>9}"
+                  f"{row['unassigned']:>6}{row['run_s']:>6.0f}", flush=True)
+    return rows
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--customers", type=int, default=1000)
-    ap.add_argument("--days", type=float, default=60.0)
+    ap.add_argument("--horizon", action="store_true",
+                    help="the long-horizon benchmark (defaults: 600 customers, 730 days)")
+    ap.add_argument("--population", nargs="+", help="--horizon: only these populations")
+    ap.add_argument("--no-rescore", action="store_true",
+                    help="--horizon: do not re-score customers when a model version loads")
+    ap.add_argument("--customers", type=int, default=None)
+    ap.add_argument("--days", type=float, default=None)
     ap.add_argument("--model", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--clusters", type=int, default=7)
     ap.add_argument("--seed", type=int, default=1)
@@ -375,7 +444,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--snapshot-every", type=int, default=TrainerSettings().snapshot_every)
     args = ap.parse_args(argv)
     started = time.perf_counter()
-    report = evaluate(args.customers, args.days, args.model, args.clusters, args.seed,
+    if args.horizon:
+        horizon(args.customers or 600, args.days or 730.0, args.model, args.seed,
+                args.population, rescore=not args.no_rescore)
+        print(f"run {time.perf_counter() - started:.0f} s")
+        return
+    report = evaluate(args.customers or 1000, args.days or 60.0, args.model, args.clusters, args.seed,
                       args.shift_share, hysteresis=Hysteresis(args.margin, args.confirmations),
                       settings=TrainerSettings(snapshot_every=args.snapshot_every))
     print_report(report, time.perf_counter() - started)
