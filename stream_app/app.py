@@ -86,7 +86,7 @@ class Runtime:
             broker_rebalance_timeout=s.rebalance_timeout,
             broker_session_timeout=s.session_timeout,
             broker_heartbeat_interval=1.0,
-            broker_commit_interval=1.0,
+            broker_commit_interval=s.commit_interval_s,
             consumer_auto_offset_reset="earliest",
             key_serializer="raw",
             value_serializer="raw",

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         10, le=5000, description="While events flow, the longest a fetch waits at the broker "
         "(idle, it waits up to 250 ms): the bound on how long new records of one partition "
         "wait for a fetch that covers another")
+    commit_interval_s: PositiveFloat = Field(
+        1.0, le=60, description="How often handled input offsets are committed. Longer means "
+        "fewer commits and, after a crash, more input read again (skipped by the state's "
+        "stored positions, not applied twice)")
     rebalance_timeout: PositiveFloat = 5.0
     session_timeout: PositiveFloat = 6.0
     shutdown_timeout: PositiveFloat = Field(8.0, le=60)

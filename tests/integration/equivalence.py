@@ -46,18 +46,23 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 @dataclass
 class Stream:
-    phases: list[list[tuple[bytes, bytes]]]  # (key, value) per phase, in production order
+    phases: list[list[tuple[bytes | None, bytes]]]  # (key, value) per phase, in order
     expected_events: dict[str, int]  # customers that must exist at the end: distinct events
     gone: set[str]  # anonymous ids merged away (state deleted)
     personal: set[str] = field(default_factory=set)  # strings that must not leave in changes
+    hostile: int = 0  # messages that must each end in the dead-letter topic
 
     @property
     def messages(self) -> int:
         return sum(len(p) for p in self.phases)
 
 
+HOSTILE = [b"not json", b'{"type":"track","event":"Order Completed"}', b"[1, 2]",
+           b'{"type":"page","userId":42}', b'{"type":"nonsense","userId":"x"}', b"\xff\xfe"]
+
+
 def make_stream(seed: int, users: int = 150, anons: int = 60, linked: int = 40,
-                events: int = 2700) -> Stream:
+                events: int = 2700, hostile: float = 0.0, start: datetime = T0) -> Stream:
     """A seeded stream of spec events keyed by customer id, in three phases.
 
     A: users' own activity, and anonymous browsing (cart adds, product views).
@@ -66,13 +71,14 @@ def make_stream(seed: int, users: int = 150, anons: int = 60, linked: int = 40,
        user's own events would otherwise meet in an order that depends on timing, in any run.
     C: the linked anonymous ids come back without signing in (forwarded to their user by the
        alias), the other users and anonymous visitors go on.
-    Some messages are sent twice (a producer retry): applied once.
+    Some messages are sent twice (a producer retry): applied once. A share ``hostile`` of
+    the messages are invalid (half keyless, half keyed with a customer's id): dead letters.
     """
     rng = random.Random(seed)
     uids = [f"u-{i:04d}" for i in range(users)]
     aids = [f"a-{i:04d}" for i in range(anons)]
     pairs = dict(zip(uids[:linked], aids[:linked], strict=True))
-    clock = {cid: T0 + timedelta(hours=rng.uniform(0, 24 * 30)) for cid in uids + aids}
+    clock = {cid: start + timedelta(hours=rng.uniform(0, 24 * 30)) for cid in uids + aids}
     counts: Counter[str] = Counter()
     personal: set[str] = set()
     serial = 0
@@ -112,8 +118,14 @@ def make_stream(seed: int, users: int = 150, anons: int = 60, linked: int = 40,
                      "products": [{"category": category, "price": total, "quantity": 1}]}
         return {**base, "type": "track", "event": kind, "properties": props}
 
-    def emit(phase: list[tuple[bytes, bytes]], cid: str, doc: dict[str, Any],
+    bad = 0
+
+    def emit(phase: list[tuple[bytes | None, bytes]], cid: str, doc: dict[str, Any],
              owner: str | None = None) -> None:
+        nonlocal bad
+        if hostile and rng.random() < hostile:
+            bad += 1
+            phase.append((rng.choice([None, cid.encode()]), rng.choice(HOSTILE)))
         value = orjson.dumps(doc)
         phase.append((cid.encode(), value))
         counts[owner or cid] += 1
@@ -122,7 +134,7 @@ def make_stream(seed: int, users: int = 150, anons: int = 60, linked: int = 40,
 
     others = uids[linked:]
     share = events // 3
-    a: list[tuple[bytes, bytes]] = []
+    a: list[tuple[bytes | None, bytes]] = []
     for _ in range(share * 2):
         if rng.random() < 0.3:
             cid = rng.choice(aids)
@@ -130,7 +142,7 @@ def make_stream(seed: int, users: int = 150, anons: int = 60, linked: int = 40,
         else:
             cid = rng.choice(uids)
             emit(a, cid, event(cid))
-    b: list[tuple[bytes, bytes]] = []
+    b: list[tuple[bytes | None, bytes]] = []
     signers = list(pairs.items())
     rng.shuffle(signers)
     for uid, aid in signers:
@@ -143,7 +155,7 @@ def make_stream(seed: int, users: int = 150, anons: int = 60, linked: int = 40,
         for _ in range(rng.randint(3, 8)):
             cid = rng.choice(others)
             emit(b, cid, event(cid))
-    c: list[tuple[bytes, bytes]] = []
+    c: list[tuple[bytes | None, bytes]] = []
     for _ in range(share):
         roll = rng.random()
         if roll < 0.3:
@@ -161,10 +173,10 @@ def make_stream(seed: int, users: int = 150, anons: int = 60, linked: int = 40,
         counts[uid] += counts.pop(aid, 0)
     anonymous = set(aids)  # an anonymous customer's key: its own id space
     keyed = {(ANON_PREFIX + cid if cid in anonymous else cid): n for cid, n in counts.items()}
-    return Stream([a, b, c], keyed, merged_away, personal)
+    return Stream([a, b, c], keyed, merged_away, personal, bad)
 
 
-def produce(producer: KafkaProducer, messages: list[tuple[bytes, bytes]],
+def produce(producer: KafkaProducer, messages: list[tuple[bytes | None, bytes]],
             rate: float) -> None:
     """Send at about ``rate`` messages a second (keyed: the default partitioner places them)."""
     chunk = max(1, int(rate / 10))
@@ -345,6 +357,33 @@ def compare_changes(reference: list[dict[str, Any]], disturbed: list[dict[str, A
     assert sequences(disturbed) == sequences(reference), "changes came in another order"
     return {"changes": len(reference), "records": len(disturbed),
             "repeats": len(disturbed) - len(seen)}
+
+
+def dead_letters(broker: EmbeddedBroker, topic: str, expect: int
+                 ) -> dict[tuple[str, ...], list[tuple[bytes, dict[str, bytes]]]]:
+    """A dead-letter topic's records by origin (input topic, partition, offset, batch index):
+    the value and the headers that describe the rejection (all but its wall-clock time)."""
+    out: dict[tuple[str, ...], list[tuple[bytes, dict[str, bytes]]]] = defaultdict(list)
+    for rec in read_topic(broker, topic, expect=expect, idle=1.0):
+        h = {k: v for k, v in rec.headers if k != "segmenter.dlq.rejected_at"}
+        origin = tuple(h.get(f"segmenter.dlq.{n}", b"").decode()
+                       for n in ("topic", "partition", "offset", "batch_index"))
+        out[origin].append((rec.value, h))
+    return out
+
+
+def compare_dead_letters(stream: Stream, reference: dict[tuple[str, ...], list[Any]],
+                         disturbed: dict[tuple[str, ...], list[Any]]) -> dict[str, int]:
+    """Every hostile message dead-lettered in both; repeats only as exact copies."""
+    assert len(reference) == stream.hostile, (len(reference), stream.hostile)
+    assert all(len(v) == 1 for v in reference.values()), "the reference repeated a dead letter"
+    assert disturbed.keys() == reference.keys(), (
+        f"missing {len(reference.keys() - disturbed.keys())}, "
+        f"extra {len(disturbed.keys() - reference.keys())}")
+    for origin, copies in disturbed.items():
+        assert all(c == reference[origin][0] for c in copies), (origin, copies, reference[origin])
+    return {"dead_letters": len(reference),
+            "dead_letter_repeats": sum(len(v) - 1 for v in disturbed.values())}
 
 
 def compare_states(stream: Stream, reference: dict[str, dict[str, Any]],
