@@ -32,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from stream_app.events.parse import REASONS, Limits, decode
 
@@ -228,6 +229,15 @@ def test_ten_thousand_hostile_messages(broker, worker_factory, tmp_path):
             # dedupe window holds each customer's last SEGMENTER_DEDUPE_WINDOW message ids)
             finished.append((value, key, valid, rejected))
             repeats += 1
+    # Plus, on each of the 8 input partitions, an invalid message without a key and one with
+    # a customer's key that our partitioner would put elsewhere (a producer with another
+    # partitioner): sent to that partition by number.
+    placed: list[int | None] = [None] * len(finished)
+    for partition in range(8):
+        for key in (None, USERS[partition].encode()):
+            finished.append((b'{"type":"track","userId":' + str(partition).encode() + b"}",
+                             key, [], [None]))
+            placed.append(partition)
     generated_s = time.monotonic() - started
 
     # The expectation of each message against the pure parser first.
@@ -245,17 +255,28 @@ def test_ten_thousand_hostile_messages(broker, worker_factory, tmp_path):
     assert len(finished) >= 10_000 and invalid >= 2_000 and len(applied_ids) >= 5_000, (
         len(finished), invalid, len(applied_ids))
 
-    worker = worker_factory(clustering="false", tick_interval_s="3600").start()
+    # Output topics that exist already with fewer partitions than the service would make
+    # (DLQ 1 of 4, segment-changes 3 of 8) and an input of 8: dead letters and changes
+    # from input partitions 1-7 must still find a partition.
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic("customer-interactions-dlq", 1, 1),
+                         NewTopic("segment-changes", 3, 1)])
+    admin.close()
+    worker = worker_factory(clustering="false", tick_interval_s="3600", partitions="8").start()
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20,
                              batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
-    futures = [(producer.send("customer-interactions", value=value, key=key), rejected)
-               for value, key, _valid, rejected in finished]
+    futures = [(producer.send("customer-interactions", value=value, key=key,
+                              partition=partition), rejected)
+               for (value, key, _valid, rejected), partition in zip(finished, placed, strict=True)]
     producer.flush()
     origins = Counter()
-    for future, rejected in futures:
+    bad_on: set[tuple[int, bool]] = set()  # (input partition, keyed) of invalid messages
+    for (future, rejected), (_v, key, _ok, _r) in zip(futures, finished, strict=True):
         meta = future.get(30)
         for index in rejected:
             origins[(meta.partition, meta.offset, index)] += 1
+            bad_on.add((meta.partition, key is not None))
+    assert bad_on == {(p, keyed) for p in range(8) for keyed in (True, False)}, bad_on
     producer.close()
 
     wait_for(lambda: (s := worker.get("/health").json()["stats"]).get("applied", 0)
@@ -277,6 +298,8 @@ def test_ten_thousand_hostile_messages(broker, worker_factory, tmp_path):
         seen[(int(h["segmenter.dlq.partition"]), int(h["segmenter.dlq.offset"]), index)] += 1
     assert seen == origins  # each invalid message or element exactly once, from where it came
 
+    changed = read_topic(broker, "segment-changes", expect=100, timeout=60)
+    assert {r.partition for r in changed} == {0, 1, 2}, "changes reach all 3 partitions"
     states = final_states(broker, worker.env["SEGMENTER_APP_ID"])
     counts = {cid: s["events"] for cid, s in states.items()}
     assert counts == dict(expected_events)
