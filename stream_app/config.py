@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     # --- Segmentation -----------------------------------------------------------------------
     cluster_model: ClusterModel = ClusterModel.kmeans
     clusters: PositiveInt = Field(7, le=64)
+    clusters_min: int = Field(
+        3, ge=0, le=64, description="k-means: with clusters_max, the fewest clusters the "
+        "data may choose (0: SEGMENTER_CLUSTERS, fixed)")
+    clusters_max: int = Field(
+        10, ge=0, le=64, description="k-means: the most clusters the data may choose, by "
+        "silhouette at each model generation (0: SEGMENTER_CLUSTERS, fixed)")
     model_snapshot_every: PositiveInt = Field(
         1000, description="Publish a new clustering model after this many training samples")
     model_snapshot_every_s: PositiveFloat = Field(
@@ -173,6 +179,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"SEGMENTER_{name.upper()}: no such file: {path}")
         if self.segments_file is not None and not Path(self.segments_file).is_file():
             raise ValueError(f"SEGMENTER_SEGMENTS_FILE: no such file: {self.segments_file}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_clusters(self) -> Settings:
+        if self.clusters_max and not 2 <= self.clusters_min <= self.clusters_max:
+            raise ValueError(
+                "SEGMENTER_CLUSTERS_MIN must be between 2 and SEGMENTER_CLUSTERS_MAX (or set "
+                "SEGMENTER_CLUSTERS_MAX=0 for a fixed SEGMENTER_CLUSTERS)")
         return self
 
     # --- Derived ----------------------------------------------------------------------------

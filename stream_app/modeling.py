@@ -32,10 +32,9 @@ MODEL_KEY = b"behavior"
 
 
 def trainer_settings(rt: Runtime) -> TrainerSettings:
-    s = rt.settings
-    return TrainerSettings(algorithm=s.cluster_model.value, clusters=s.clusters,
-                           snapshot_every=s.model_snapshot_every,
-                           snapshot_every_s=s.model_snapshot_every_s)
+    from .evaluation import trainer_settings as from_settings
+
+    return from_settings(rt.settings)
 
 
 async def read_last(rt: Runtime, topic: str, timeout: float = 60.0) -> bytes | None:
@@ -67,6 +66,27 @@ async def read_last(rt: Runtime, topic: str, timeout: float = 60.0) -> bytes | N
         return last
     finally:
         await consumer.stop()
+
+
+SET_CHANGE_PREFIX = b"behavior-change:"
+
+
+def set_change_records(snapshot: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The model topic's set-change events of a snapshot: one record per segment that
+    appeared, split, merged or retired, keyed ``behavior-change:<version>:<n>`` (distinct
+    keys, so compaction keeps every one beside the latest snapshot)."""
+    names = {seg["id"]: seg["name"] for seg in snapshot.get("segments", ())}
+    version = snapshot.get("version")
+    out = []
+    for i, change in enumerate(snapshot.get("set_changes", ())):
+        doc = {"type": "segment_set_change", "segmentation": snapshot.get("segmentation"),
+               "version": version, "generation": snapshot.get("generation"),
+               "created_at": snapshot.get("created_at"), **change}
+        for field in ("segment", "from", "into"):
+            if change.get(field) in names:
+                doc[f"{field}_name"] = names[change[field]]
+        out.append((SET_CHANGE_PREFIX + f"{version}:{i}".encode(), orjson.dumps(doc)))
+    return out
 
 
 def learn_batch(trainer: Trainer, values: list[bytes], now: float
@@ -125,6 +145,8 @@ def install(rt: Runtime, behavior: BehaviorSegmentation) -> None:
                 await rt.model_topic.send(key=MODEL_KEY, value=snapshot, partition=0)
                 await rt.trainer_checkpoints.send(key=MODEL_KEY, value=checkpoint,
                                                   partition=0)
+                for key, value in set_change_records(trainer.last or {}):
+                    await rt.model_topic.send(key=key, value=value, partition=0)
                 log.info("published model version %s", trainer.version)
 
     @app.task
@@ -141,6 +163,7 @@ def install(rt: Runtime, behavior: BehaviorSegmentation) -> None:
 
 
 async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
+    rescorer = Rescorer(rt, behavior)
     consumer = aiokafka.AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
                                          **aiokafka_config(rt.settings))
     await consumer.start()
@@ -154,6 +177,8 @@ async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
         while not rt.app.should_stop:
             batch = await consumer.getmany(tp, timeout_ms=1000, max_records=100)
             for record in batch.get(tp, []):
+                if record.key != MODEL_KEY:
+                    continue  # a set-change event (set_change_records), not a snapshot
                 # A snapshot that cannot be loaded is skipped, never retried from the start:
                 # the follower would never reach the newer ones behind it.
                 try:
@@ -167,5 +192,81 @@ async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
                     rt.metrics.set_model(int(snapshot.get("version", 0)),
                                          float(snapshot.get("created_at", time.time())))
                     log.info("scoring with model version %s", snapshot.get("version"))
+                    if behavior.ready:
+                        rescorer.request()
     finally:
         await consumer.stop()
+
+
+class Rescorer:
+    """Re-scores every local customer after a new model version is loaded (see
+    :mod:`stream_app.rescoring`): one pass at a time; versions loaded during a pass ask for
+    one more pass after it, not one each."""
+
+    def __init__(self, rt: Runtime, behavior: BehaviorSegmentation) -> None:
+        self.rt = rt
+        self.behavior = behavior
+        self.wanted = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def request(self) -> None:
+        self.wanted.set()
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while self.wanted.is_set() and not self.rt.app.should_stop:
+            # a worker still joining or recovering has no settled partitions to re-score
+            while not self.rt.ready() and not self.rt.app.should_stop:
+                await asyncio.sleep(0.5)
+            self.wanted.clear()
+            try:
+                await rescore_all(self.rt, self.behavior)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("re-scoring after a model update failed", exc_info=True)
+
+
+async def rescore_all(rt: Runtime, behavior: BehaviorSegmentation) -> int:
+    """Re-score the behaviour segment of every customer of this worker's partitions, in
+    chunks under the state lock, written and published as a time tick's are. Returns the
+    customers whose state changed."""
+    from collections import defaultdict
+
+    from .app import TICK_CHUNK
+    from .kafka.batching import OutputBatcher
+    from .kafka.routing import partition_of
+    from .processing import HeldWrites
+    from .rescoring import rescore
+
+    n = rt.settings.partitions
+    owned = set(rt._assigned())
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for cid in list(rt.customers.keys()):
+        p = partition_of(cid, n)
+        if p in owned:
+            by_partition[p].append(cid)
+    states = rt.customer_states
+    written = 0
+    settlement = None
+    started = time.monotonic()
+    for p in sorted(by_partition):
+        keys = by_partition[p]
+        for start in range(0, len(keys), TICK_CHUNK):
+            async with rt.state_lock:
+                wall = time.time()
+                view = HeldWrites(states)
+                result = rescore(rt.step, view, keys[start:start + TICK_CHUNK], behavior, wall)
+                if not view.held:
+                    continue
+                written += result.written
+                outputs = OutputBatcher()
+                rt._collect(result, wall, p, outputs)
+                states.stage(view.held)
+                settlement = await rt._write_behind(outputs, [(p, view.held)])
+    if settlement is not None:
+        await settlement
+    log.info("re-scored customers for model version %s: %d changed in %.1fs",
+             behavior.version, written, time.monotonic() - started)
+    return written

@@ -186,7 +186,10 @@ class Step:
             state = stored.copy()
             state.evaluated_at = now
             out: list[Change] = []
-            self.evaluate(state, now, wall_now, out, segmentations=self.timed)
+            # quiet customers are sampled for the clustering too, or the model would only
+            # ever see customers on the days they act (in an order history: at recency 0)
+            self.evaluate(state, now, wall_now, out, segmentations=self.timed,
+                          samples=res.samples)
             if out or state.segment_aux != stored.segment_aux:
                 customers[key] = state
                 res.written += 1

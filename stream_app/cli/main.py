@@ -341,6 +341,15 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(module.main(list(ctx.args)))
 
 
+def _register_evaluate() -> None:
+    from .evaluate import evaluate
+
+    cli.command("evaluate")(evaluate)
+
+
+_register_evaluate()
+
+
 def main() -> None:
     # Never let a broken pipe (e.g. `segmenter tail | head`) print a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None

@@ -22,6 +22,7 @@ memberships instead of dropping everyone; load the latest snapshot before consum
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from .trainer import FORMAT, SEGMENTATION
 from .vectorize import FEATURES, LOGGED, Scaling, original, vectorize_many
 
 WARMING_UP = "model warming up"
+SET_CHANGES_KEPT = 50  # the latest set changes (appeared/split/merged/retired) described
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,8 @@ class _Model:
     doc: Mapping[str, Any]
     # the same as plain floats, for scoring one customer without numpy
     rows: tuple[tuple[float, ...], ...] = ()
-    scale_rows: tuple[tuple[bool, float, float], ...] = ()  # (logged, mean, std) per feature
+    # (logged, mean, std) per feature; std 0.0 for a feature out of use
+    scale_rows: tuple[tuple[bool, float, float], ...] = ()
 
 
 class BehaviorSegmentation:
@@ -82,6 +85,7 @@ class BehaviorSegmentation:
         self.hysteresis = hysteresis
         self.min_learned = min_learned
         self._model: _Model | None = None
+        self._set_changes: deque[dict[str, Any]] = deque(maxlen=SET_CHANGES_KEPT)
 
     @property
     def version(self) -> int | None:
@@ -106,14 +110,22 @@ class BehaviorSegmentation:
         if centres.shape != (len(ids), len(FEATURES)) or not ids:
             raise ValueError("snapshot centres do not match its segments and features")
         scaling = Scaling.from_json(snapshot["scaling"])
+        names = {seg["id"]: seg["name"] for seg in segments}
+        before = self._model.names if self._model is not None else {}
+        for change in snapshot.get("set_changes", ()):
+            entry = {"version": version, **change}
+            sid = change.get("segment")
+            if sid in names or sid in before:
+                entry["name"] = names.get(sid) or before[sid]
+            self._set_changes.append(entry)
         self._model = _Model(
             version=version, n_learned=int(snapshot["n_learned"]), ids=ids,
             column={sid: i for i, sid in enumerate(ids)},
             names={seg["id"]: seg["name"] for seg in segments}, centres=centres,
             centre_norms=(centres * centres).sum(axis=1), scaling=scaling, doc=snapshot,
             rows=tuple(tuple(row) for row in centres.tolist()),
-            scale_rows=tuple(zip(LOGGED.tolist(), scaling.mean.tolist(), scaling.std.tolist(),
-                                 strict=True)))
+            scale_rows=tuple(zip(LOGGED.tolist(), scaling.mean.tolist(),
+                                 (scaling.std * (scaling.weights > 0)).tolist(), strict=True)))
         return True
 
     def score_many(self, feats: Sequence[Mapping[str, Any]]) -> Scores | None:
@@ -132,8 +144,10 @@ class BehaviorSegmentation:
         if m is None:
             return None
         log1p, dist = math.log1p, math.dist
-        # negative inputs clip to 0, which both transforms keep at 0
-        z = [((log1p(v) if logged else v) - mean) / std if v > 0.0 else -mean / std
+        # negative inputs clip to 0, which both transforms keep at 0; a feature out of use
+        # in this model generation (std 0.0 here) is 0 for everyone
+        z = [0.0 if not std else ((log1p(v) if logged else v) - mean) / std if v > 0.0
+             else -mean / std
              for v, (logged, mean, std) in zip(original(feats), m.scale_rows, strict=True)]
         return [dist(z, row) for row in m.rows]
 
@@ -221,6 +235,8 @@ class BehaviorSegmentation:
             out.update(version=m.version, algorithm=doc["algorithm"],
                        created_at=doc["created_at"], n_learned=m.n_learned,
                        retired=list(doc["retired"]),
+                       generation=doc.get("generation"),
+                       set_changes=list(reversed(self._set_changes)),
                        segments=[{"id": seg["id"], "name": seg["name"], "profile": seg["profile"]}
                                  for seg in doc["segments"]])
         return out

@@ -62,3 +62,40 @@ def id_order(sid: str) -> tuple[int, str]:
     """Sort key putting ``b2`` before ``b10``."""
     digits = "".join(ch for ch in sid if ch.isdigit())
     return (int(digits) if digits else 0, sid)
+
+
+def set_changes(previous: Mapping[str, Vector], current: Mapping[str, Vector], *,
+                max_distance: float) -> list[dict[str, str]]:
+    """How the set of segments changed from ``previous`` to ``current`` (id -> centre, both
+    in the same space, after :func:`match`), for the model topic and the dashboard:
+
+    * ``split``: a new id whose nearest previous segment lives on, within twice
+      ``max_distance`` (a group became two);
+    * ``appeared``: any other new id (a group the model had not seen);
+    * ``merged``: a dropped id whose nearest current segment is within twice
+      ``max_distance`` (``into`` names it);
+    * ``retired``: any other dropped id (the group is gone).
+    """
+    def nearest(pool: Mapping[str, Vector], centre: Vector) -> tuple[str | None, float]:
+        best: tuple[str | None, float] = (None, float("inf"))
+        for sid, c in pool.items():
+            d = float(np.linalg.norm(np.asarray(c, dtype=np.float64)
+                                     - np.asarray(centre, dtype=np.float64)))
+            if d < best[1]:
+                best = (sid, d)
+        return best
+
+    out: list[dict[str, str]] = []
+    for sid in sorted((i for i in current if i not in previous), key=id_order):
+        near, d = nearest(previous, current[sid])
+        if near is not None and near in current and d <= 2.0 * max_distance:
+            out.append({"change": "split", "segment": sid, "from": near})
+        else:
+            out.append({"change": "appeared", "segment": sid})
+    for sid in sorted((i for i in previous if i not in current), key=id_order):
+        near, d = nearest(current, previous[sid])
+        if near is not None and d <= 2.0 * max_distance:
+            out.append({"change": "merged", "segment": sid, "into": near})
+        else:
+            out.append({"change": "retired", "segment": sid})
+    return out

@@ -16,11 +16,22 @@ buyers) would never get a cluster. :func:`learn_due` is the per-customer throttl
 one sample per customer per ``every_s`` of event time, taken from events or from periodic
 re-evaluation ticks, so quiet customers are sampled too.
 
+Model generations: the model learns in a scaling that is *fixed* for a generation (fitted on
+the recent sample by :func:`.vectorize.fit_scaling`, with the features in use), so centres,
+ids and their distances live in one space however the population drifts. At each snapshot the
+trainer compares the recent sample with the generation's scaling; when the population has
+moved (a feature's mean by ``drift`` of the generation's standard deviations, its spread by a
+factor ``drift_spread``, or the set of features in use changed) a new generation begins: the
+scaling is fitted again and a fresh model learns the recent sample in it (and chooses its k
+again). Ids follow across generations by matching in the new space.
+
 Snapshot fields (``format`` 1)::
 
     format, segmentation ("behavior"), version (1, 2, ...), algorithm, params,
     created_at (the ``now`` given to maybe_snapshot), n_learned, features (names, in order),
-    scaling {mean, std} (of the transformed features), retired (ids dropped in this version),
+    scaling {mean, std, active} (of the transformed features; active: features in use),
+    generation (1, 2, ...), retired (ids dropped in this version),
+    set_changes: [{change: appeared | split | merged | retired, segment, from | into}],
     segments: [{id, name, centre (scaled, in features order), profile}]
 """
 
@@ -36,8 +47,8 @@ import orjson
 
 from . import profiles
 from .models import Clusterer, make_model, model_from_snapshot
-from .stable import PREFIX, id_order, match
-from .vectorize import FEATURES, RunningScaler, Scaling, vectorize
+from .stable import PREFIX, id_order, match, set_changes
+from .vectorize import FEATURES, RunningScaler, Scaling, fit_scaling, vectorize
 
 FORMAT = 1
 SEGMENTATION = "behavior"
@@ -54,9 +65,15 @@ class TrainerSettings:
     snapshot_every: int = 1000  # publish after this many new samples ...
     snapshot_every_s: float = 3600.0  # ... or this long after the last snapshot ...
     snapshot_min: int = 50  # ... if at least this many samples arrived since
-    match_distance: float = 1.0  # scaled units: farther centres are different segments
+    match_distance: float = 2.0  # scaled units: farther centres are different segments
     min_share: float = 0.02  # new clusters holding less of the recent sample are not segments
     sample_size: int = 1000  # recent samples kept for profiles and segment sizes
+    # the k-means family: 0 < clusters_min <= clusters_max: k chosen from the data in this
+    # range at each generation (models.choose_k); 0: `clusters` fixed
+    clusters_min: int = 3
+    clusters_max: int = 10
+    drift: float = 1.0  # a feature's mean moved by this many generation stds: new generation
+    drift_spread: float = 2.0  # ... or its spread by this factor
 
 
 def learn_due(last_sampled_at: float | None, now: float, every_s: float = 86400.0) -> bool:
@@ -69,9 +86,9 @@ class Trainer:
 
     def __init__(self, settings: TrainerSettings = TrainerSettings()) -> None:
         self.settings = settings
-        self.model: Clusterer = make_model(settings.algorithm, FEATURES,
-                                           clusters=settings.clusters, seed=settings.seed,
-                                           **settings.model_params)
+        self.model: Clusterer = self._fresh_model()
+        self.generation = 0
+        self.scaling: Scaling | None = None  # the generation's; None before the first
         self.scaler = RunningScaler(window=settings.scaler_window)
         self.n_learned = 0
         self.since_snapshot = 0
@@ -96,17 +113,56 @@ class Trainer:
         self._sample.append((x, channel, category))
         self.n_learned += 1
         self.since_snapshot += 1
-        if self.n_learned <= self.settings.warmup:
+        if self.scaling is None:
             # Scaling from a handful of samples would be arbitrary; hold the first ones back
-            # until the scaler has seen enough, then learn them all with that scaling.
-            self._warmup.append(x)
-            if self.n_learned == self.settings.warmup:
-                scaling = self.scaler.frozen()
-                for held in self._warmup:
-                    self._learn_scaled(scaling.scale(held))
-                self._warmup = []
+            # until there are enough, then fit the first generation's scaling on them.
+            if self.n_learned < self.settings.warmup:
+                self._warmup.append(x)
+                return
+            self._warmup = []
+            self.new_generation()
             return
-        self._learn_scaled(self.scaler.frozen().scale(x))
+        self._learn_scaled(self.scaling.scale(x))
+
+    # --- generations ----------------------------------------------------------------------
+    def _fresh_model(self) -> Clusterer:
+        s = self.settings
+        params = dict(s.model_params)
+        if s.clusters_max and s.algorithm == "kmeans":
+            params.setdefault("k_min", s.clusters_min)
+            params.setdefault("k_max", s.clusters_max)
+        return make_model(s.algorithm, FEATURES, clusters=s.clusters, seed=s.seed, **params)
+
+    def new_generation(self) -> None:
+        """Fit the scaling on the recent sample. A model that can move into the new space
+        (k-means: ``regenerate``) does; any other is replaced by a fresh one that learns the
+        recent sample in the new scaling."""
+        sample = np.array([x for x, _, _ in self._sample])
+        old, new = self.scaling, fit_scaling(sample)
+        self.scaling = new
+        self.generation += 1
+        regenerate = getattr(self.model, "regenerate", None)
+        if old is not None and regenerate is not None:
+            regenerate(lambda z: new.scale(old.unscale(z)))
+            return
+        self.model = self._fresh_model()
+        for x in sample:
+            self._learn_scaled(new.scale(x))
+
+    def drifted(self) -> bool:
+        """Whether the recent sample has moved away from the generation's scaling."""
+        if self.scaling is None or not self._sample:
+            return False
+        now = fit_scaling(np.array([x for x, _, _ in self._sample]))
+        old = self.scaling
+        if not np.array_equal(now.weights, old.weights):
+            return True
+        use = old.weights > 0
+        moved = np.abs(now.mean - old.mean) / old.std
+        spread = np.abs(np.log(now.std / old.std))
+        s = self.settings
+        return bool(np.any(moved[use] > s.drift)
+                    or np.any(spread[use] > np.log(s.drift_spread)))
 
     def _learn_scaled(self, z: np.ndarray) -> None:
         self.model.learn_one(dict(zip(FEATURES, z.tolist(), strict=True)))
@@ -120,8 +176,10 @@ class Trainer:
         late = self.last_snapshot_at is None or now - self.last_snapshot_at >= s.snapshot_every_s
         due = self.since_snapshot >= s.snapshot_every or (
             late and self.since_snapshot >= s.snapshot_min)
-        if not due or self.n_learned < s.warmup:
+        if not due or self.scaling is None:
             return None
+        if self.drifted():
+            self.new_generation()
         snapshot = self._snapshot(float(now))
         if snapshot is not None:
             self.since_snapshot = 0
@@ -133,7 +191,8 @@ class Trainer:
         raw = self.model.centres()
         if not raw:
             return None
-        scaling = self.scaler.frozen()
+        scaling = self.scaling
+        assert scaling is not None
         sample = np.array([x for x, _, _ in self._sample])
         raw_ids = sorted(raw)
         centres = np.array([raw[r] for r in raw_ids])
@@ -157,6 +216,8 @@ class Trainer:
         order = sorted(kept, key=lambda r: id_order(matching.ids[r]))
         ids = [matching.ids[r] for r in order]
         kept_centres = np.array([kept[r] for r in order])
+        changes = set_changes(previous, dict(zip(ids, kept_centres, strict=True)),
+                              max_distance=s.match_distance)
         described = profiles.build_profiles(
             ids, kept_centres, scaling, sample,
             [c for _, c, _ in self._sample], [c for _, _, c in self._sample])
@@ -171,7 +232,9 @@ class Trainer:
             "n_learned": self.n_learned,
             "features": list(FEATURES),
             "scaling": scaling.to_json(),
+            "generation": self.generation,
             "retired": list(matching.retired),
+            "set_changes": changes,
             "segments": [
                 {"id": sid, "name": described[sid]["name"], "centre": c.tolist(),
                  "profile": described[sid]["profile"]}
@@ -206,6 +269,8 @@ class Trainer:
             "version": self.version,
             "next_id": self.next_id,
             "last": self.last,
+            "generation": self.generation,
+            "scaling": None if self.scaling is None else self.scaling.to_json(),
         })
 
     def catch_up(self, snapshot: Mapping[str, Any]) -> None:
@@ -236,4 +301,9 @@ class Trainer:
         out.version = doc["version"]
         out.next_id = doc["next_id"]
         out.last = doc["last"]
+        out.generation = int(doc.get("generation", 0))
+        if doc.get("scaling") is not None:
+            out.scaling = Scaling.from_json(doc["scaling"])
+        elif out.n_learned >= out.settings.warmup and out._sample:
+            out.new_generation()  # a checkpoint from before generations: start the first
         return out

@@ -104,26 +104,62 @@ def vectorize_many(feats: Sequence[Mapping[str, Any]]) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class Scaling:
-    """Frozen standardisation published in a snapshot: ``z = (x - mean) / std``."""
+    """Frozen standardisation published in a snapshot: ``z = (x - mean) / std`` on the
+    features in use, 0 on the others (``active``: see :func:`fit_scaling`)."""
 
     mean: np.ndarray
     std: np.ndarray
+    active: np.ndarray | None = None  # bool per feature; None: all in use
 
     def scale(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std
+        z = (x - self.mean) / self.std
+        return z if self.active is None else z * self.active
 
     def unscale(self, z: np.ndarray) -> np.ndarray:
         return z * self.std + self.mean
 
-    def to_json(self) -> dict[str, list[float]]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+    @property
+    def weights(self) -> np.ndarray:
+        """1.0 for a feature in use, 0.0 for one left out of distances."""
+        return np.ones(len(self.mean)) if self.active is None else self.active.astype(float)
+
+    def to_json(self) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.active is not None:
+            out["active"] = self.active.tolist()
+        return out
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Sequence[float]]) -> Scaling:
+    def from_json(cls, doc: Mapping[str, Sequence[Any]]) -> Scaling:
         mean, std = np.array(doc["mean"], dtype=np.float64), np.array(doc["std"], dtype=np.float64)
         if mean.shape != (len(FEATURES),) or std.shape != mean.shape or np.any(std <= 0):
             raise ValueError("scaling does not match the feature list")
-        return cls(mean, std)
+        active = None
+        if doc.get("active") is not None:
+            active = np.array(doc["active"], dtype=bool)
+            if active.shape != mean.shape:
+                raise ValueError("scaling does not match the feature list")
+        return cls(mean, std, active)
+
+
+# A feature is in use for a model generation when at least this share of the customers in
+# its fitting sample have a non-zero value. A shop without e-mail (or an order export with
+# no browsing) has those features at 0 for everyone, or for all but a stray few: scaled by a
+# floor spread, the few would sit several units out and pull centres of their own.
+ACTIVE_SHARE = 0.02
+
+
+def fit_scaling(sample: np.ndarray) -> Scaling:
+    """The scaling of one model generation, fitted on unscaled model vectors (rows).
+
+    Mean and spread as :class:`RunningScaler` would give (spread floored at ``MIN_STD``);
+    features non-zero for fewer than ``ACTIVE_SHARE`` of the rows, or with a spread below
+    ``MIN_STD``, are out of use: they scale to 0 for everyone and weigh nothing.
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    active = ((x != 0.0).mean(axis=0) >= ACTIVE_SHARE) & (std >= MIN_STD)
+    return Scaling(mean, np.maximum(std, MIN_STD), active)
 
 
 class RunningScaler:

@@ -286,4 +286,49 @@ async function poll() {
   }
 }
 
+// The behavioural model's set changes (appeared, split, merged, retired), from /segments:
+// what the model topic publishes as segment_set_change events.
+const SET_CHANGE_WORDS = {
+  appeared: (c) => `${label(c.segment, c.name)} appeared`,
+  split: (c) => `${label(c.segment, c.name)} split from ${c.from}`,
+  merged: (c) => `${label(c.segment, c.name)} merged into ${c.into}`,
+  retired: (c) => `${label(c.segment, c.name)} retired`,
+};
+
+function label(id, name) {
+  return name ? `${id} (${name})` : id;
+}
+
+async function pollSetChanges() {
+  try {
+    const response = await fetch("/segments?scope=local", { cache: "no-store" });
+    if (response.ok) {
+      const doc = await response.json();
+      const behavior = (doc.segmentations || []).find((s) => s.name === "behavior");
+      const list = document.getElementById("set-changes");
+      const changes = (behavior && behavior.set_changes) || [];
+      if (behavior && behavior.version != null) {
+        setText("set-changes-model", `model v${behavior.version}, generation ${behavior.generation ?? "–"}; latest first`);
+      }
+      list.replaceChildren(...(changes.length ? changes : [null]).slice(0, 12).map((c) => {
+        const item = document.createElement("li");
+        if (c == null) {
+          item.className = "muted";
+          item.textContent = behavior && behavior.version != null ? "No changes yet" : "No model yet";
+        } else {
+          const words = SET_CHANGE_WORDS[c.change];
+          item.dataset.change = c.change;
+          item.textContent = `v${c.version}: ${words ? words(c) : c.change}`;
+        }
+        return item;
+      }));
+    }
+  } catch (err) {
+    // the main poll reports an unreachable worker
+  } finally {
+    setTimeout(pollSetChanges, 10 * POLL_MS);
+  }
+}
+
 poll();
+pollSetChanges();
