@@ -671,8 +671,15 @@ class _Batch:
     def _unlink(self, key: str, owners: set[str], channel: str, pos: list[int]) -> None:
         """An id merged into an erased customer: its link goes (if it points into it)."""
         entry = self._load(key)
-        if type(entry) is Link and entry.target in owners and _fresh(entry.stamps, channel, pos):
+        if entry is None or not _fresh(entry.stamps, channel, pos):
+            return
+        if type(entry) is Link and entry.target in owners:
             self._put(key, Erased(_stamped(entry.stamps, channel, pos), self.wall_now, 1))
+        else:
+            # nothing to unlink (erased already, or linked elsewhere): the position is still
+            # recorded, so that a replay of this request cannot unlink a link made after it
+            entry.stamps[channel] = pos
+            self.dirty.add(key)
 
     def finish(self) -> StepResult:
         """Write the working set back: one table write per touched entry."""

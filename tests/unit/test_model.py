@@ -333,3 +333,17 @@ def test_pipeline_with_cycles_matches_the_reference() -> None:
 
 def test_pipeline_with_erasure_matches_the_reference() -> None:
     PipelineWithErasure.TestCase("runTest").runTest()
+
+
+def test_a_replayed_unlink_does_not_break_a_link_made_after_it() -> None:
+    """Found by the deep profile: an unlink that reached an id already erased was not
+    recorded, so after the id was linked again, a full replay of the unlink removed the new
+    link (anonymous_id:u1 no longer led to u0)."""
+    m = PipelineWithErasure()
+    m.start(partitions=4, chunk=None)
+    m.alias(new="u0", old="u1", placement=0)
+    m.erase(key=ANON_PREFIX + "u1")
+    m.event(anon="u1", late=0, order=None, placement=0, twice=False, user="u0")
+    m.replay_everything()
+    m.states_match_the_reference()
+    m.the_change_stream_is_consistent()
