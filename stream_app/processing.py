@@ -386,7 +386,10 @@ class _Batch:
             entry = self._load(key)
             if type(entry) is not Link:
                 return "here", key, entry, path
-            if key not in path:  # (a cycle's smallest id is met twice: checked once)
+            # a cycle's smallest id is met twice within one step: checked at the first visit.
+            # Met again on a later hop (the path came from another partition), it is checked
+            # as any link: a replay that reaches it through the cycle's links is a repeat
+            if key not in stamped:
                 if not _fresh(entry.stamps, channel, pos):
                     return "dup", key, None, path
                 # what a link relays is recorded in it too: erased, its marker still knows
