@@ -20,6 +20,7 @@ erased customer leaves nothing but its exits.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,20 @@ class Pipeline(RuleBasedStateMachine):
             k = (rec["customer_id"], rec["segmentation"])
             assert current.get(k) == rec["previous_segment"], (k, rec)
             current[k] = rec["segment"]
+        # time never goes back for a customer: every evaluation (by an event, an absorb or a
+        # tick) is at or after the previous one, so a late event cannot flap a customer out
+        # of a time-driven segment and back in (exits on erasure or merge are at the
+        # customer's last event, and a new customer may start after them)
+        last_at: dict[str, datetime] = {}
+        for change in c.changes:
+            rec = change.record
+            if rec["reason"] in ("erased on request", "merged into another customer"):
+                last_at.pop(rec["customer_id"], None)
+                continue
+            at = datetime.fromisoformat(rec["occurred_at"])
+            before = last_at.get(rec["customer_id"])
+            assert before is None or at >= before, ("time went back", before, rec)
+            last_at[rec["customer_id"]] = at
         memberships = {}
         for table in c.customers:
             for key, entry in table.items():
