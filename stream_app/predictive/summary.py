@@ -77,3 +77,39 @@ def model_inputs(summary: PurchaseSummary, now_day: int) -> tuple[int, int, int,
     t_x = last - first
     return (repeats, t_x, max(now_day - first, t_x),
             repeat_value / repeats if repeats else 0.0)
+
+
+def merge_purchases(a: PurchaseSummary | None, b: PurchaseSummary | None
+                    ) -> PurchaseSummary | None:
+    """One customer's summary from two histories' (a merge of identities). Pure.
+
+    Exact for the days a summary names (each one's first and last day, folded in as orders
+    of that day); the other repeat days of ``b`` (``b.repeats - 1`` of them, strictly between
+    its first and last day) are counted as new days, since a summary cannot tell whether
+    ``a`` bought on one of them too. So a merged customer's ``x`` can be over by the days
+    both histories shared, never under.
+
+    >>> a = PurchaseSummary(10, 5.0, 20, 2, 30.0)    # days 10, 1x, 20
+    >>> merge_purchases(a, PurchaseSummary(20, 7.0, 20, 0, 0.0))   # day 20 again
+    PurchaseSummary(first_day=10, first_value=5.0, last_day=20, repeats=2, repeat_value=37.0)
+    """
+    if a is None or b is None:
+        return a if b is None else b
+    out = record_purchase(a, b.first_day, b.first_value)
+    if b.repeats == 0:
+        return out
+    middle = b.repeats - 1
+    last_value = b.repeat_value / b.repeats  # what b's last day held is not kept: its share
+    out = record_purchase(out, b.last_day, last_value)
+    if middle:
+        out = out._replace(repeats=out.repeats + middle,
+                           repeat_value=out.repeat_value + b.repeat_value - last_value)
+    return out
+
+
+def from_orders(orders: list[list[float]]) -> PurchaseSummary | None:
+    """The summary of ``[[ts, amount], ...]`` orders (any order): exact for a whole history."""
+    summary = None
+    for ts, amount in sorted(orders):
+        summary = record_purchase(summary, utc_day(ts), amount)
+    return summary

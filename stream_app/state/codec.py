@@ -1,9 +1,12 @@
 """Compact, versioned, pickle-free serialisation of :class:`CustomerState`.
 
-Format v3 (written): a JSON array ``[3, field0, field1, ...]`` in declaration order (v2 is
-the same without the last four fields: stamps, epoch, change_seq, evaluated_at; read with
-their defaults), with
-the bulky fields packed (each packing is checked to read back exactly, else the field is
+Format v4 (written): a JSON array ``[4, field0, field1, ...]`` in declaration order. v3 is
+the same without the last field, ``purchases`` (the predictive models' purchase summary,
+written as ``[first_day, first_value, last_day, repeats, repeat_value]`` or null); a v3 state
+is read with the summary rebuilt from ``recent_orders`` (:func:`_backfilled_purchases`:
+exact for a customer with at most 12 orders, an estimate above). v2 lacks also the four
+before it (stamps, epoch, change_seq, evaluated_at; read with their defaults). The
+bulky fields are packed (each packing is checked to read back exactly, else the field is
 written as in v1):
 
 - ``seen`` (the dedupe window, up to 32 48-bit digests): one base64 string of 6 bytes each
@@ -33,10 +36,12 @@ from typing import Any
 import orjson
 from faust.serializers import codecs
 
-from .customer import FIELD_NAMES, Clock, CustomerState, Entry, Erased, Link
+from ..predictive.summary import PurchaseSummary, from_orders, utc_day
+from .customer import FIELD_NAMES, MAX_RECENT_ORDERS, Clock, CustomerState, Entry, Erased, Link
 
-VERSION = 3
-_V2_FIELDS = 4  # fields added in v3, at the end
+VERSION = 4
+_V3_FIELDS = 1  # fields added in v4, at the end
+_V2_FIELDS = 4 + _V3_FIELDS  # fields added in v3 and v4
 COMPRESS_OVER = 960  # bytes; compressing costs ~20 µs, so only states that need it
 _DIGEST_BYTES = 6
 _MAX_DIGEST = 1 << (8 * _DIGEST_BYTES)
@@ -44,11 +49,12 @@ _SEEN = FIELD_NAMES.index("seen")
 _ORDERS = FIELD_NAMES.index("recent_orders")
 _SEGMENTS = FIELD_NAMES.index("segments")
 _AUX = FIELD_NAMES.index("segment_aux")
+_PURCHASES = FIELD_NAMES.index("purchases")
 _N = len(FIELD_NAMES)
 
 
 def dumps(state: Entry) -> bytes:
-    """The stored form: v3 JSON, compressed when large."""
+    """The stored form: v4 JSON, compressed when large."""
     if type(state) is Link:
         return orjson.dumps(["L", state.target, state.stamps])
     if type(state) is Erased:
@@ -64,12 +70,14 @@ def dumps(state: Entry) -> bytes:
 
 
 def dumps_json(state: CustomerState) -> bytes:
-    """The v3 JSON form, never compressed (UTF-8 text: for routed operations)."""
+    """The v4 JSON form, never compressed (UTF-8 text: for routed operations)."""
     row: list[Any] = [VERSION, *(getattr(state, name) for name in FIELD_NAMES)]
     row[1 + _SEEN] = _pack_seen(state.seen)
     row[1 + _ORDERS] = _pack_orders(state.recent_orders)
     row[1 + _SEGMENTS] = _pack_segments(state.segments, state.segment_aux)
     row[1 + _AUX] = None
+    if state.purchases is not None:
+        row[1 + _PURCHASES] = list(state.purchases)
     return orjson.dumps(row)
 
 
@@ -82,12 +90,18 @@ def loads(data: bytes) -> Entry:
     row = orjson.loads(data)
     if isinstance(row, list) and row and row[0] in ("L", "E", "C"):
         return _entry(row)
-    if not isinstance(row, list) or not row or row[0] not in (1, 2, VERSION):
+    if not isinstance(row, list) or not row or row[0] not in (1, 2, 3, VERSION):
         raise ValueError(
             f"unsupported customer-state format {row[:1] if isinstance(row, list) else type(row)}")
     values = row[1:]
+    # v1 and v2 were written with the v2 fields and, later, with v3's; v3 with v3's; none
+    # before v4 with the purchase summary (filled in below, from recent_orders)
     if row[0] in (1, 2) and len(values) == _N - _V2_FIELDS:
-        values += [{}, "", {}, 0.0]
+        values += [{}, "", {}, 0.0, None]
+    elif row[0] != VERSION and len(values) == _N - _V3_FIELDS:
+        values.append(None)
+    elif row[0] != VERSION:
+        values = []
     if len(values) != _N:
         raise ValueError("customer-state record has the wrong number of fields")
     if not isinstance(values[0], str) or not isinstance(values[FIELD_NAMES.index("stamps")], dict):
@@ -96,7 +110,44 @@ def loads(data: bytes) -> Entry:
         values[_SEEN] = _unpack_seen(values[_SEEN])
         values[_ORDERS] = _unpack_orders(values[_ORDERS])
         values[_SEGMENTS], values[_AUX] = _unpack_segments(values[_SEGMENTS], values[_AUX])
+    if row[0] != VERSION:
+        values[_PURCHASES] = _backfilled_purchases(values)
+    elif values[_PURCHASES] is not None:
+        values[_PURCHASES] = _purchases(values[_PURCHASES])
     return CustomerState(*values)
+
+
+def _purchases(value: Any) -> PurchaseSummary:
+    if not isinstance(value, list) or len(value) != 5:
+        raise ValueError("customer-state purchase summary has the wrong shape")
+    first, first_value, last, repeats, repeat_value = value
+    return PurchaseSummary(int(first), float(first_value), int(last), int(repeats),
+                           float(repeat_value))
+
+
+def _backfilled_purchases(values: list[Any]) -> PurchaseSummary | None:
+    """A state written before v4: the summary from its ``recent_orders``, the newest 12.
+    Exact when they are all of the customer's orders; otherwise the older orders are taken
+    as one purchase day each (their days are not kept), from ``first_order_at``."""
+    orders = values[_ORDERS]
+    n = values[FIELD_NAMES.index("orders")]
+    if not orders or not isinstance(n, int):
+        return None
+    summary = from_orders(orders)
+    assert summary is not None
+    older = n - len(orders)
+    first_at = values[FIELD_NAMES.index("first_order_at")]
+    if len(orders) < MAX_RECENT_ORDERS or older <= 0 or not isinstance(first_at, int | float):
+        return summary
+    revenue = values[FIELD_NAMES.index("revenue")]
+    older_value = max(float(revenue) - sum(a for _, a in orders), 0.0)
+    day = utc_day(first_at)
+    if day >= summary.first_day:
+        return summary
+    # the oldest kept day becomes a repeat; the older orders: a first day and older - 1 repeats
+    share = older_value / older
+    return PurchaseSummary(day, share, summary.last_day, summary.repeats + older,
+                           summary.repeat_value + summary.first_value + share * (older - 1))
 
 
 def _entry(row: list[Any]) -> Entry:

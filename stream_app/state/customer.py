@@ -17,6 +17,7 @@ from typing import Any
 
 from ..events import interaction as ix
 from ..events.interaction import Interaction
+from ..predictive.summary import PurchaseSummary, merge_purchases, record_purchase, utc_day
 
 DAY = 86400.0
 MAX_RECENT_ORDERS = 12
@@ -92,6 +93,9 @@ class CustomerState:
     # segmentation's changes never shift another's ids)
     change_seq: dict[str, int] = field(default_factory=dict)
     evaluated_at: float = 0.0  # event time of the last evaluation (never goes back)
+    # purchase days for the predictive models (BG/NBD, Gamma-Gamma): five numbers, not a
+    # list of days (stream_app/predictive/summary.py); None before the first order
+    purchases: PurchaseSummary | None = None
 
     def copy(self) -> CustomerState:
         """A deep copy, field by field: ``copy.deepcopy`` cost ~170 µs a state on the hot path
@@ -109,7 +113,7 @@ class CustomerState:
             self.categories.copy(), _copy_values(self.traits), self.traits_at, self.events,
             self.seen[:], self.segments.copy(), _copy_values(self.segment_aux),
             {k: v[:] for k, v in self.stamps.items()}, self.epoch, self.change_seq.copy(),
-            self.evaluated_at)
+            self.evaluated_at, self.purchases)  # a tuple: immutable, shared safely
 
 
 _ATOMS = (str, int, float, bool, type(None))
@@ -197,6 +201,7 @@ def apply_in_place(s: CustomerState, rec: Interaction, cfg: StateConfig) -> bool
         s.recent_orders.append([ts, rec.amount])
         s.recent_orders.sort()  # by (ts, amount): the same list whatever the arrival order
         del s.recent_orders[:-MAX_RECENT_ORDERS]
+        s.purchases = record_purchase(s.purchases, utc_day(ts), rec.amount)
         _decayed(s, ts, cfg, revenue=rec.amount, orders=1.0)
         if s.cart_pending_since is not None and s.cart_pending_since <= ts:
             s.cart_pending_since = None
@@ -327,6 +332,7 @@ def merge(into: CustomerState, other: CustomerState, cfg: StateConfig = StateCon
         a, b = getattr(out, attr), getattr(other, attr)
         setattr(out, attr, b if a is None else a if b is None else pick(a, b))
     out.recent_orders = sorted(out.recent_orders + other.recent_orders)[-MAX_RECENT_ORDERS:]
+    out.purchases = merge_purchases(out.purchases, other.purchases)
     # align decayed sums to the later reference, then add
     ref = max(out.decay_ref, other.decay_ref)
     fa, fb = _decay_factor(ref - out.decay_ref, cfg), _decay_factor(ref - other.decay_ref, cfg)

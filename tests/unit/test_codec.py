@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import orjson
@@ -83,14 +84,16 @@ def test_round_trip(make) -> None:  # type: ignore[no-untyped-def]
 
 def test_layout_is_versioned_and_positional() -> None:
     row = orjson.loads(codec.dumps(typical_customer()))
-    assert row[0] == codec.VERSION == 3
+    assert row[0] == codec.VERSION == 4
     assert len(row) == 1 + len(FIELD_NAMES)
     assert row[1 + FIELD_NAMES.index("customer_id")] == "user-48213"
 
 
 @pytest.mark.parametrize("data", [
-    orjson.dumps([4, *orjson.loads(codec.dumps(CustomerState(customer_id="x")))[1:]]),
+    orjson.dumps([5, *orjson.loads(codec.dumps(CustomerState(customer_id="x")))[1:]]),
     orjson.dumps([3, 7, *orjson.loads(codec.dumps(CustomerState(customer_id="x")))[2:]]),
+    # a v3 record with v4's fields: no writer made one
+    orjson.dumps([3, *orjson.loads(codec.dumps(CustomerState(customer_id="x")))[1:]]),
     orjson.dumps(["L", 5, {}]), orjson.dumps(["E", "x", 0]), orjson.dumps(["C"]),
     orjson.dumps([]),
     orjson.dumps({"customer_id": "x"}),
@@ -128,16 +131,21 @@ def test_busy_customer_stays_under_one_kib() -> None:
 
 
 def v1_bytes(state: CustomerState) -> bytes:
-    """The v1 layout, as workers before codec v2 wrote it."""
-    return orjson.dumps([1, *(getattr(state, name) for name in FIELD_NAMES)])
+    """The v1 layout (nothing packed), as workers before codec v2 wrote it: never with the
+    purchase summary, which came with v4."""
+    return orjson.dumps([1, *(getattr(state, name) for name in FIELD_NAMES
+                              if name != "purchases")])
 
 
 @pytest.mark.parametrize("make", [busy_customer, typical_customer,
                                   lambda: CustomerState(customer_id="x")])
 def test_v1_states_are_still_read(make) -> None:  # type: ignore[no-untyped-def]
     state = make()
-    assert codec.loads(v1_bytes(state)) == state
-    assert codec.StateCodec().loads(v1_bytes(state)) == state
+    back = codec.loads(v1_bytes(state))
+    assert dataclasses.replace(back, purchases=state.purchases) == state
+    # the summary is rebuilt from recent_orders, as for a v3 record
+    assert back.purchases == codec.loads(_as_v3(state)).purchases
+    assert codec.StateCodec().loads(v1_bytes(state)) == back
 
 
 def test_large_states_are_compressed() -> None:
@@ -179,10 +187,13 @@ def test_state_codec_is_the_v2_codec() -> None:
 def test_a_v2_record_reads_with_the_new_fields_defaulted() -> None:
     state = typical_customer()
     row = orjson.loads(codec.dumps(state))
-    v2 = [2, *row[1:-4]]
+    v2 = [2, *row[1:-5]]  # without v3's four fields and v4's purchase summary
     back = codec.loads(orjson.dumps(v2))
     assert type(back) is CustomerState and back.orders == state.orders
     assert (back.stamps, back.epoch, back.change_seq, back.evaluated_at) == ({}, "", {}, 0.0)
+    assert back.purchases == state.purchases  # 3 orders: rebuilt exactly from recent_orders
+    with pytest.raises(ValueError, match="number of fields"):
+        codec.loads(orjson.dumps([2, *row[1:-4]]))  # no version had 4 of the 5
 
 
 def test_links_markers_and_clocks_round_trip() -> None:
@@ -190,3 +201,44 @@ def test_links_markers_and_clocks_round_trip() -> None:
 
     for entry in (Link("u1", {"0:3": [7, 0]}), Erased({"1:2": [9, 1025]}, 1.7e9), Clock(1.6e9)):
         assert codec.loads(codec.dumps(entry)) == entry
+
+
+# --- v4: the purchase summary of the predictive models ----------------------------------------
+
+def test_purchase_summary_is_stored_and_read_back() -> None:
+    state = busy_customer()
+    assert state.purchases is not None and state.purchases.repeats > 0
+    row = orjson.loads(codec.dumps_json(state))
+    assert row[1 + FIELD_NAMES.index("purchases")] == list(state.purchases)
+    back = codec.loads(codec.dumps(state))
+    assert back.purchases == state.purchases and type(back.purchases) is type(state.purchases)
+
+
+def _as_v3(state: CustomerState) -> bytes:
+    row = orjson.loads(codec.dumps_json(state))
+    return orjson.dumps([3, *row[1:-1]])  # v3: the same without the last field
+
+
+def test_v3_state_gets_its_summary_from_recent_orders_exactly_when_they_are_all() -> None:
+    # 3 orders, 40 minutes apart, the third after midnight UTC (T0 is 22:13 UTC): two days
+    state = typical_customer()
+    assert len(state.recent_orders) == state.orders < MAX_RECENT_ORDERS
+    back = codec.loads(_as_v3(state))
+    assert back.purchases == state.purchases
+    assert back.purchases.repeats == 1 and back.purchases.last_day == back.purchases.first_day + 1
+    assert (back.purchases.first_value, back.purchases.repeat_value) == (2 * 42.5, 42.5)
+
+
+def test_v3_state_with_more_orders_than_kept_gets_an_estimate_from_its_totals() -> None:
+    state = busy_customer()  # 60 orders over ~12 days, 12 kept
+    assert state.orders > len(state.recent_orders) == MAX_RECENT_ORDERS
+    back = codec.loads(_as_v3(state))
+    p, exact = back.purchases, state.purchases
+    assert p.first_day == exact.first_day and p.last_day == exact.last_day
+    # the 48 older orders are taken for a day each: an over-count, never an under-count
+    assert exact.repeats <= p.repeats <= exact.repeats + 48
+    assert p.first_value + p.repeat_value == pytest.approx(state.revenue)
+
+
+def test_v3_state_without_orders_has_no_summary() -> None:
+    assert codec.loads(_as_v3(CustomerState(customer_id="x"))).purchases is None

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from stream_app.events import interaction as ix
 from stream_app.events.interaction import Interaction
+from stream_app.predictive.summary import PurchaseSummary, from_orders, utc_day
 from stream_app.state.customer import (
     DAY,
     FIELD_NAMES,
@@ -219,7 +220,8 @@ def test_decayed_sums_halve_per_half_life_in_event_time() -> None:
 # --- order independence -------------------------------------------------------------------------------
 
 # Fields that cannot be folded exactly out of order with bounded state (see test docstring).
-ORDER_SENSITIVE = {"sessions"}
+# ``purchases`` (five numbers, not a list of days) is checked apart: check_purchases.
+ORDER_SENSITIVE = {"sessions", "purchases"}
 UNORDERED = {"seen", "merged_ids"}  # arrival-order lists: compared as sets
 # Decayed sums are compared as values at a common reference time, not as stored: the stored
 # reference is the newest contributing event *or* the first event to arrive, if that is newer.
@@ -258,6 +260,36 @@ def assert_same_state(a: CustomerState, b: CustomerState, skip: set[str] = ORDER
         if name in UNORDERED:
             x, y = sorted(x), sorted(y)
         close(x, y, name)
+
+
+def check_purchases(state: CustomerState, recs: list[Interaction]) -> None:
+    """The purchase summary against the exact one of all the orders in ``recs``: first and
+    last day, the first day's value and the total exact; the repeat days exact too unless two
+    orders share a day strictly between the first and last (then a late one may be counted
+    as a day of its own: over, never under; stream_app/predictive/summary.py)."""
+    orders = [[r.ts, r.amount] for r in recs if r.kind == ix.ORDER]
+    exact = from_orders(orders)
+    got = state.purchases
+    if exact is None:
+        assert got is None
+        return
+    assert got is not None
+    assert (got.first_day, got.last_day) == (exact.first_day, exact.last_day)
+    assert got.first_value == pytest.approx(exact.first_value)
+    assert got.first_value + got.repeat_value == pytest.approx(sum(a for _, a in orders))
+    days = [utc_day(ts) for ts, _ in orders]
+    middle = [d for d in days if exact.first_day < d < exact.last_day]
+    if len(set(middle)) == len(middle):
+        assert got.repeats == exact.repeats
+    else:
+        assert exact.repeats <= got.repeats <= exact.repeats + len(middle) - len(set(middle))
+
+
+def test_purchase_days_are_counted_per_utc_day() -> None:
+    s = fold([rec(ix.ORDER, T0, amount=10.0), rec(ix.ORDER, T0 + 60, amount=5.0),
+              rec(ix.ORDER, T0 + 3 * DAY, amount=20.0), rec(ix.PAGE_VIEW, T0 + 9 * DAY),
+              rec(ix.REFUND, T0 + 9 * DAY, amount=5.0)])
+    assert s.purchases == PurchaseSummary(utc_day(T0), 15.0, utc_day(T0) + 3, 1, 20.0)
 
 
 @st.composite
@@ -304,6 +336,7 @@ def test_any_arrival_order_gives_the_same_state(data: st.DataObject,
     """
     shuffled = data.draw(st.permutations(recs))
     assert_same_state(fold(recs), fold(shuffled))
+    check_purchases(fold(shuffled), recs)
 
 
 @settings(max_examples=60, deadline=None)
@@ -331,6 +364,7 @@ def test_merge_equals_living_one_history(data: st.DataObject, recs: list[Interac
         return
     skip = ORDER_SENSITIVE | {"merged_ids"}
     assert_same_state(merged, fold(whole), skip)
+    check_purchases(merged, whole)
     assert merged.merged_ids == ["anon"]
 
 
