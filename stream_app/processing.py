@@ -28,6 +28,8 @@ from .events.interaction import ANON_PREFIX, Interaction, anonymous_key
 from .events.parse import Limits, Rejection, decode
 from .kafka import routing
 from .segmentation.base import Decision, Segmentation, change_id
+from .segmentation.rules.definitions import RESERVED_NAMES
+from .segmentation.rules.segmentation import REDEFINED
 from .state import codec
 from .state.customer import (
     Clock,
@@ -152,6 +154,11 @@ class Step:
         # time, so busy customers do not dominate the model (None: no clustering).
         self.sample_every_s = sample_every_s
         self.timed = [seg for seg in self.segmentations if getattr(seg, "time_sensitive", True)]
+        # the segmentations that definitions replace (all but the learned one), and the
+        # version of the definitions they came from (None: as built, see :meth:`redefine`)
+        self.redefinable = [seg for seg in self.segmentations if seg.name not in RESERVED_NAMES]
+        self.definitions_version: int | None = None
+        self._known = frozenset(seg.name for seg in self.segmentations) | RESERVED_NAMES
 
     # --- time ------------------------------------------------------------------------------
     def start_tick(self, partition: int, customers: MutableMapping[str, Any], now: float
@@ -194,6 +201,94 @@ class Step:
                 customers[key] = state
                 res.written += 1
                 res.changes.extend(out)
+        return res
+
+    # --- definitions -----------------------------------------------------------------------
+    def redefine(self, segmentations: Sequence[Segmentation], version: int) -> None:
+        """Evaluate under these rule segmentations from now on (the learned one stays).
+
+        The caller runs no batch meanwhile (the worker holds its state lock), then brings
+        the stored customers over with :meth:`backfill`; events that come first evaluate
+        their customer under the new definitions themselves."""
+        kept = [seg for seg in self.segmentations if seg.name in RESERVED_NAMES]
+        self.segmentations = [*kept, *segmentations]
+        self._deciders = _deciders(self.segmentations)
+        self.timed = [seg for seg in self.segmentations if getattr(seg, "time_sensitive", True)]
+        self.redefinable = list(segmentations)
+        self.definitions_version = version
+        self._known = frozenset(seg.name for seg in self.segmentations) | RESERVED_NAMES
+
+    def _stale(self, state: CustomerState) -> list[Segmentation]:
+        """The rule segmentations ``state`` was last evaluated under another version of
+        (its ``segment_aux`` holds that version: see :mod:`.segmentation.rules`)."""
+        aux = state.segment_aux
+        return [seg for seg in self.redefinable if aux.get(seg.name) != seg.version]
+
+    def _removed(self, state: CustomerState) -> list[str]:
+        """Segmentations the customer holds a segment or a version of that are defined no
+        more (a rule's aux is its version, an int; other bookkeeping is left alone)."""
+        known = self._known
+        gone = {name for name in state.segments if name not in known}
+        gone.update(name for name, value in state.segment_aux.items()
+                    if name not in known and type(value) is int)
+        return sorted(gone)
+
+    def backfill(self, partition: int, customers: MutableMapping[str, Any],
+                 keys: Iterable[str], wall_now: float) -> StepResult:
+        """Bring ``keys`` (customers of ``partition``) over to the definitions in force.
+
+        Only customers evaluated under other definitions are touched, and only the
+        segmentations that differ: each is evaluated at the time the customer was last
+        evaluated (its last event or tick; only the definitions moved, not time); a
+        segmentation that is gone is left (a change to null). Every change's reason starts
+        with ``definition changed``. A customer brought over is not stale any more, so a
+        pass repeated after a crash or a rebalance sends only what the first did not store,
+        with the same change ids (:func:`_change_id`), as a tick does.
+        """
+        clock = customers.get(clock_key(partition))
+        tick_at = clock.tick_at if type(clock) is Clock else 0.0
+        res = StepResult()
+        for key in keys:
+            stored = customers.get(key)
+            if type(stored) is not CustomerState:
+                continue
+            stale, removed = self._stale(stored), self._removed(stored)
+            if not stale and not removed:
+                continue
+            state = stored.copy()
+            t = max(state.last_seen, state.evaluated_at, tick_at)
+            state.evaluated_at = t
+            out: list[Change] = []
+            for name in removed:
+                old = state.segment_aux.pop(name, None)
+                previous = state.segments.pop(name, None)
+                if previous is None:
+                    continue
+                was = f"{old:08x}" if type(old) is int else "?"
+                out.append(Change(state.customer_id, {
+                    "change_id": _change_id(state, name, previous, None),
+                    "customer_id": state.customer_id,
+                    "segmentation": name,
+                    "previous_segment": previous,
+                    "segment": None,
+                    "segment_name": None,
+                    "model_version": self.definitions_version,
+                    "occurred_at": _iso(t),
+                    "reason": f"{REDEFINED} ({was} -> removed): the segmentation is no "
+                              f"longer defined",
+                }, t, wall_now))
+            if stale:
+                first = len(out)
+                self.evaluate(state, t, wall_now, out, segmentations=stale)
+                for change in out[first:]:
+                    reason = change.record["reason"]
+                    version = change.record["model_version"]
+                    if not reason.startswith(REDEFINED):  # a segmentation new to it
+                        now_v = f"{version:08x}" if type(version) is int else "?"
+                        change.record["reason"] = f"{REDEFINED} (new -> {now_v}): {reason}"
+            customers[key] = state
+            res.written += 1
+            res.changes.extend(out)
         return res
 
     # --- entry point -----------------------------------------------------------------------

@@ -101,7 +101,7 @@ segmentations:
     wait_for(lambda: w.get("/customers/s1").json()["segments"]["spend"]["segment"] == "big",
              what="re-evaluated under the new definition")
     change = changes_for(broker, "s1", "spend", expect=2)[-1]
-    assert change["segment"] == "big" and "definitions changed" in change["reason"]
+    assert change["segment"] == "big" and "definition changed" in change["reason"]
 
 
 def test_bad_definitions_file_is_refused_at_startup(tmp_path: Path, broker):

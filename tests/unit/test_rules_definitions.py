@@ -195,7 +195,7 @@ def test_a_change_caused_by_new_definitions_says_so() -> None:
 
     d = new.evaluate(s, features(s, T0), T0, first.aux)
     assert d.segment == "dach"
-    assert d.reason == (f"definitions changed ({old.version:08x} -> {new.version:08x}):"
+    assert d.reason == (f"definition changed ({old.version:08x} -> {new.version:08x}):"
                         " country in [DE, AT, CH, FR] and orders_30d >= 1")
     s.segments["geographic"] = "dach"  # what the worker stores
     assert new.evaluate(s, features(s, T0), T0, d.aux).reason.startswith("country in")

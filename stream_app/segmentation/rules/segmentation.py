@@ -6,7 +6,7 @@ closures once, at load, so an evaluation is a few function calls per segment tri
 
 The per-customer ``aux`` is the version of the segmentation's definition the customer was
 last evaluated under. When it differs from the current one and the membership changes, the
-reason starts with ``definitions changed``: a consumer can tell a re-definition (everyone
+reason starts with ``definition changed``: a consumer can tell a re-definition (everyone
 moving at once, on the next event or time tick) from a change in the customer's behaviour.
 """
 
@@ -24,6 +24,7 @@ from .definitions import SegmentationDef, load_definitions
 from .language import Predicate
 
 NO_MATCH = "no segment matches"
+REDEFINED = "definition changed"  # the reason's prefix when the definition moved a customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ class RuleSegmentation:
                 reason: str, why: dict[str, Any], aux: Any) -> Decision:
         if (isinstance(aux, int) and aux != self._version
                 and segment != state.segments.get(self.name)):
-            reason = f"definitions changed ({aux:08x} -> {self._version:08x}): {reason}"
+            reason = f"{REDEFINED} ({aux:08x} -> {self._version:08x}): {reason}"
         return Decision(segment, name, self._version, reason, why, aux=self._version)
 
     def describe(self) -> dict[str, Any]:
