@@ -21,9 +21,10 @@ import orjson
 from .config import Settings
 from .events.parse import Limits
 from .health import PROBE_INTERVAL_S, BrokerWatch
-from .kafka.batching import BatchSink, OutputBatcher, send_now
+from .kafka.batching import BatchSink, OutputBatcher
 from .kafka.clients import faust_credentials
 from .kafka.tables import WriteBehind
+from .kafka.transport import aiokafka_producer, committed_offset, send_now
 from .metrics import Metrics
 from .processing import (
     HeldWrites,
@@ -253,7 +254,7 @@ class Runtime:
         await asyncio.gather(*confirms)
 
     def _aiokafka_producer(self) -> Any:
-        return self.app.producer._ensure_producer()
+        return aiokafka_producer(self.app)
 
     def _collect(self, result: StepResult, wall: float, partition: int,
                  out: OutputBatcher) -> None:
@@ -370,7 +371,7 @@ class Runtime:
         for tp in consumer.assignment():
             if tp.topic in (self.settings.input_topic, self.settings.routed_topic):
                 hw = consumer.highwater(tp)
-                pos = consumer._committed_offset.get(tp) if hasattr(consumer, "_committed_offset") else None
+                pos = committed_offset(consumer, tp)
                 if hw is not None:
                     lags[(tp.topic, tp.partition)] = max(0, hw - (pos or 0))
         self.metrics.set_consumer_lag(lags)

@@ -1,51 +1,15 @@
-"""Running a worker process: topic checks, the Faust worker, bounded shutdown."""
+"""Running a worker process: topic checks, the Faust worker, bounded shutdown
+(:class:`.kafka.transport.BoundedWorker`)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
-
-import faust
 
 from .config import Settings
 from .kafka.clients import check_partitions, ensure_topics
+from .kafka.transport import BoundedWorker
 
 log = logging.getLogger(__name__)
-
-
-class BoundedWorker(faust.Worker):
-    """A Faust worker whose shutdown on SIGINT/SIGTERM cannot hang.
-
-    Faust/mode stop gracefully (offsets committed, tables flushed); if that has not finished
-    within ``shutdown_timeout`` seconds the process exits anyway, so orchestrators and
-    ``timeout`` never have to escalate to SIGKILL.
-    """
-
-    def __init__(self, *args: object, shutdown_timeout: float = 8.0, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._deadline_s = shutdown_timeout
-        self._watchdog: threading.Timer | None = None
-
-    def _arm(self, signame: str) -> None:
-        if self._watchdog is None:
-            log.info("%s received: stopping (at most %.0fs)", signame, self._deadline_s)
-            self._watchdog = threading.Timer(self._deadline_s, self._expire)
-            self._watchdog.daemon = True
-            self._watchdog.start()
-
-    def _expire(self) -> None:
-        log.error("graceful shutdown exceeded %.0fs; exiting", self._deadline_s)
-        logging.shutdown()
-        os._exit(1)
-
-    def _on_sigint(self) -> None:
-        self._arm("SIGINT")
-        super()._on_sigint()
-
-    def _on_sigterm(self) -> None:
-        self._arm("SIGTERM")
-        super()._on_sigterm()
 
 
 def configure_logging(level: str) -> None:

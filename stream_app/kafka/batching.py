@@ -255,10 +255,10 @@ class OutputBatcher:
         self.records.setdefault((topic, partition), []).append((key, value, list(headers)))
         self.count += 1
 
-    def _by_partition(self, producer: Any) -> dict[tuple[str, int], list[Any]]:
+    def _by_partition(self, counts: dict[str, int]) -> dict[tuple[str, int], list[Any]]:
         out: dict[tuple[str, int], list[Any]] = {}
         for (topic, partition), records in self.records.items():
-            n = len(producer._metadata.partitions_for_topic(topic) or ())
+            n = counts[topic]
             if not n:
                 raise RuntimeError(f"no partitions known for topic {topic}")
             if partition is not None:
@@ -281,10 +281,12 @@ class OutputBatcher:
         delivery futures."""
         if not self.count:
             return []
-        for topic in {t for t, _ in self.records}:
-            await producer.client._wait_on_metadata(topic)
+        # the topics' actual partition counts (public API: waits for metadata only when the
+        # producer has none for the topic yet)
+        counts = {topic: len(await producer.partitions_for(topic) or ())
+                  for topic in {t for t, _ in self.records}}
         sent = []
-        for (topic, partition), records in self._by_partition(producer).items():
+        for (topic, partition), records in self._by_partition(counts).items():
             batch = producer.create_batch()
             for key, value, headers in records:
                 if batch.append(key=key, value=value, timestamp=timestamp,
@@ -298,21 +300,3 @@ class OutputBatcher:
         self.records.clear()
         self.count = 0
         return sent
-
-
-def send_now(producer: Any) -> None:
-    """Have ``producer`` (an ``AIOKafkaProducer``) send what it holds now, not after
-    ``linger_ms``: the worker calls this at the end of a batch, when nothing more is coming.
-    It closes the open batches and wakes the sender, as aiokafka does before a transaction
-    commit (``MessageAccumulator.flush_for_commit``). Appends after this go to new batches.
-    Does nothing on an aiokafka without these internals (the batches go after the linger)."""
-    acc = getattr(producer, "_message_accumulator", None)
-    batches = getattr(acc, "_batches", None)
-    waiter = getattr(acc, "_waiter_future", None)
-    if batches is None or waiter is None:
-        return
-    for queued in batches.values():
-        for batch in queued:
-            batch._builder.close()
-    if not waiter.done():
-        waiter.set_result(None)

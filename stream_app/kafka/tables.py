@@ -25,47 +25,15 @@ after 0.1 s without a send (``ProducerBuffer.flush``), which lost state in the k
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 from aiokafka.structs import TopicPartition
-from faust.streams import _current_event
 
 from ..processing import DELETED  # a staged delete, as HeldWrites holds it
+from .transport import partition_context
 
 _MISSING = object()
-
-
-class _Msg:
-    __slots__ = ("topic", "partition")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic = topic
-        self.partition = partition
-
-
-class _PartitionContext:
-    """Stands in for Faust's current event so that store writes go to ``partition``.
-
-    A rocksdb store keeps one database per partition and picks it from the current event's
-    message; a batch spans partitions, so each partition's writes run under their own."""
-
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = _Msg(topic, partition)
-
-
-@contextmanager
-def partition_context(topic: str, partition: int) -> Iterator[None]:
-    ctx = _PartitionContext(topic, partition)
-    token = _current_event.set(weakref.ref(ctx))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class WriteBehind(Mapping[str, Any]):

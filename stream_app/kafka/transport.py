@@ -14,17 +14,29 @@ The consumer also delivers the worker's input topics in batches (:mod:`.batching
 own per-message delivery costs more than the whole processing of an event.
 
 Registered as the ``segmenter-kafka`` transport (entry point ``faust.transports``).
+
+**The one module that touches private members of faust, mode and aiokafka.** Each use says
+which upstream behaviour it relies on and why the public API does not serve. The versions are
+pinned exactly (pyproject.toml), and ``tests/unit/test_privates.py`` checks that every member
+used here still exists with the signature relied on, and that no other module uses one: an
+upgrade that moves one fails in CI, naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, cast
 
 import aiokafka
+import faust
 from aiokafka.structs import TopicPartition
+from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -280,3 +292,107 @@ class Consumer(faust_aiokafka.Consumer):
 
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+
+
+# --- the other private members the host relies on ------------------------------------------
+
+def send_now(producer: Any) -> None:
+    """Have ``producer`` (an ``AIOKafkaProducer``) send what it holds now, not after
+    ``linger_ms``: the worker calls this at the end of a batch, when nothing more is coming.
+    It closes the open batches and wakes the sender, as aiokafka does before a transaction
+    commit (``MessageAccumulator.flush_for_commit``). Appends after this go to new batches.
+    Does nothing on an aiokafka without these internals (the batches go after the linger)."""
+    acc = getattr(producer, "_message_accumulator", None)
+    batches = getattr(acc, "_batches", None)
+    waiter = getattr(acc, "_waiter_future", None)
+    if batches is None or waiter is None:
+        return
+    for queued in batches.values():
+        for batch in queued:
+            batch._builder.close()
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def aiokafka_producer(app: faust.App) -> aiokafka.AIOKafkaProducer:
+    """The started ``AIOKafkaProducer`` under Faust's producer. The worker sends its outputs
+    as record batches (``create_batch`` / ``send_batch``, a fraction of the cost of one
+    ``send`` per record), which Faust's ``Producer`` does not expose; its
+    ``_ensure_producer`` returns the aiokafka producer it started."""
+    return app.producer._ensure_producer()  # type: ignore[attr-defined]
+
+
+def committed_offset(consumer: Any, tp: TP) -> int | None:
+    """The offset Faust last committed for ``tp`` (for the lag gauge): Faust keeps it in
+    ``Consumer._committed_offset``; the public ``committed()`` asks the broker (a round
+    trip per partition, every few seconds). None when unknown."""
+    offsets = getattr(consumer, "_committed_offset", None)
+    return None if offsets is None else offsets.get(tp)
+
+
+class _Msg:
+    __slots__ = ("topic", "partition")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+
+
+class _PartitionContext:
+    """Stands in for Faust's current event so that store writes go to ``partition``.
+
+    A rocksdb store keeps one database per partition and picks it from the current event's
+    message; a batch spans partitions, so each partition's writes run under their own."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Msg(topic, partition)
+
+
+@contextmanager
+def partition_context(topic: str, partition: int) -> Iterator[None]:
+    """Table writes in here go to ``partition``'s store. Faust's stores find the partition
+    of a write from the current event (the private contextvar ``faust.streams._current_event``,
+    a weak reference to the event); there is no public way to write to a given partition."""
+    ctx = _PartitionContext(topic, partition)
+    token = _current_event.set(weakref.ref(ctx))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class BoundedWorker(faust.Worker):
+    """A Faust worker whose shutdown on SIGINT/SIGTERM cannot hang.
+
+    Faust/mode stop gracefully (offsets committed, tables flushed); if that has not finished
+    within ``shutdown_timeout`` seconds the process exits anyway, so orchestrators and
+    ``timeout`` never have to escalate to SIGKILL. mode's ``Worker`` installs its signal
+    handlers as ``_on_sigint`` / ``_on_sigterm`` (no public hook runs at the signal itself).
+    """
+
+    def __init__(self, *args: object, shutdown_timeout: float = 8.0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._deadline_s = shutdown_timeout
+        self._watchdog: threading.Timer | None = None
+
+    def _arm(self, signame: str) -> None:
+        if self._watchdog is None:
+            log.info("%s received: stopping (at most %.0fs)", signame, self._deadline_s)
+            self._watchdog = threading.Timer(self._deadline_s, self._expire)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+    def _expire(self) -> None:
+        log.error("graceful shutdown exceeded %.0fs; exiting", self._deadline_s)
+        logging.shutdown()
+        os._exit(1)
+
+    def _on_sigint(self) -> None:
+        self._arm("SIGINT")
+        super()._on_sigint()
+
+    def _on_sigterm(self) -> None:
+        self._arm("SIGTERM")
+        super()._on_sigterm()

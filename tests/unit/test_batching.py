@@ -332,22 +332,15 @@ class FakeBatch:
         return object()
 
 
-class FakeMetadata:
-    def partitions_for_topic(self, topic: str) -> set[int]:
-        return set(range(8))
-
-
-class FakeClient:
-    async def _wait_on_metadata(self, topic: str) -> None:
-        return None
-
-
 class FakeProducer:
+    """The public members of ``AIOKafkaProducer`` the batcher uses, over 8 partitions."""
+
     def __init__(self, limit: int = 1000) -> None:
         self.sent: list[tuple[str, int, list[tuple[Any, ...]]]] = []
         self.limit = limit
-        self._metadata = FakeMetadata()
-        self.client = FakeClient()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(8))
 
     def create_batch(self) -> FakeBatch:
         return FakeBatch(self.limit)

@@ -20,8 +20,8 @@ erased customer leaves nothing but its exits.
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
