@@ -55,8 +55,8 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 1024**2, "max_write_buffer_number": 
 class Runtime:
     """Everything a worker holds: settings, the app, tables, topics and live statistics."""
 
-    def __init__(self, settings: Settings, segmentations: list[Segmentation] | None = None
-                 ) -> None:
+    def __init__(self, settings: Settings, segmentations: list[Segmentation] | None = None,
+                 definitions: Any = None) -> None:
         codec.register()
         self.settings = s = settings
         self.segmentations: list[Segmentation] = list(segmentations or [])
@@ -132,6 +132,11 @@ class Runtime:
             from . import modeling
 
             modeling.install(self, self.behavior)  # type: ignore[arg-type]
+        from . import redefinition
+
+        # live rule definitions: the topic, the file watcher, the backfill, their views
+        # (``definitions``: redefinition.Startup; None: the file's)
+        redefinition.install(self, definitions)
         from .web.views import register_views
 
         register_views(self)

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
         1000, description="Customers stay unassigned until the model has learned this many")
     clustering: bool = Field(True, description="Run the behavioural clustering")
     segments_file: Path | None = None
+    segments_poll_s: PositiveFloat = Field(
+        5.0, le=3600, description="How often SEGMENTER_SEGMENTS_FILE is checked for edits "
+        "(and at once on SIGHUP); a valid edit is published to every worker")
     tick_interval_s: PositiveFloat = Field(
         30.0, description="How often time-driven segments (lapsing, ...) are re-evaluated")
     idle_advance_after_s: PositiveFloat = Field(
@@ -208,6 +211,12 @@ class Settings(BaseSettings):
     def training_topic(self) -> str:
         """Internal one-partition topic: feature samples for the one model trainer."""
         return f"{self.app_id}-training"
+
+    @property
+    def definitions_topic(self) -> str:
+        """Internal compacted topic: the rule definitions in force, followed by every
+        worker (a PUT /admin/segmentations or an edited definitions file writes it)."""
+        return f"{self.app_id}-segment-definitions"
 
     @property
     def trainer_topic(self) -> str:

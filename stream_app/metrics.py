@@ -38,6 +38,10 @@ MODEL_AGE = "segmenter_model_age_seconds"
 BATCH_SIZE = "segmenter_batch_size"
 BATCH_SECONDS = "segmenter_batch_processing_seconds"
 BROKER_STALLED = "segmenter_broker_stalled"
+DEFINITIONS_VERSION = "segmenter_definitions_version"
+DEFINITIONS_REJECTED = "segmenter_definitions_rejected"
+BACKFILL_CUSTOMERS = "segmenter_backfill_customers"
+BACKFILL_SECONDS = "segmenter_backfill_seconds"
 
 OTHER = "other"
 MAX_SEGMENTS_PER_SEGMENTATION = 100
@@ -106,6 +110,20 @@ class Metrics:
             registry=reg)
         self.broker_stalled = Gauge(
             BROKER_STALLED, "1 while the worker cannot reach the broker, else 0", registry=reg)
+        self.definitions_version = Gauge(
+            DEFINITIONS_VERSION, "Version (content hash) of the rule definitions in force",
+            registry=reg)
+        self.definitions_rejected = PromCounter(
+            DEFINITIONS_REJECTED, "New rule definitions refused as invalid, by where they "
+            "came from (api: PUT /admin/segmentations, file, topic)", ["source"], registry=reg)
+        self.backfill_customers = PromCounter(
+            BACKFILL_CUSTOMERS, "Stored customers re-evaluated under new rule definitions",
+            registry=reg)
+        self.backfill_seconds = Gauge(
+            BACKFILL_SECONDS, "Duration of the last backfill pass over this worker's "
+            "customers", registry=reg)
+        for source in ("api", "file", "topic"):
+            self.definitions_rejected.labels(source)
 
         # Known label values start at zero so rate() and the dashboard see them from the start.
         for kind in (*KINDS, OTHER):

@@ -25,6 +25,7 @@ def configure_logging(level: str) -> None:
 def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM. Blocks."""
     from .app import Runtime
+    from .redefinition import startup_definitions
     from .segmentation.registry import build_segmentations
 
     configure_logging(settings.log_level)
@@ -35,7 +36,10 @@ def run_worker(settings: Settings) -> None:
             log.warning("topic %s has %d partitions, SEGMENTER_PARTITIONS=%d: events are "
                         "re-keyed through %s (one extra hop)", topic, n, settings.partitions,
                         settings.routed_topic)
-    rt = Runtime(settings, build_segmentations(settings))
+    # the definitions in force: the topic's newest, unless the file was edited since
+    startup = startup_definitions(settings)
+    rt = Runtime(settings, build_segmentations(settings, startup.definitions.segmentations),
+                 startup)
     log.info("worker %s starting: broker %s, web on port %d, store %s, data dir %s",
              settings.app_id, settings.broker_url, settings.web_port, settings.store.value,
              settings.data_dir)

@@ -80,6 +80,7 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
         # one partition each: one trainer owns the model, every worker reads every snapshot
         (settings.training_topic, 1, {"retention.ms": str(24 * 3600 * 1000)}),
         (settings.model_topic, 1, {"cleanup.policy": "compact"}),
+        (settings.definitions_topic, 1, {"cleanup.policy": "compact"}),
         (settings.trainer_topic, 1, {"cleanup.policy": "compact",
                                      "max.message.bytes": str(8 * 1024 * 1024)}),
     ]

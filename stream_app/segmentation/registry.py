@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..config import Settings
 from .base import Segmentation
 
 
-def build_segmentations(settings: Settings) -> list[Segmentation]:
+def build_segmentations(settings: Settings, rules: Sequence[Segmentation] | None = None
+                        ) -> list[Segmentation]:
     """The behavioural clustering (unless SEGMENTER_CLUSTERING=false) and the rule
-    segmentations from SEGMENTER_SEGMENTS_FILE (or the shipped defaults).
+    segmentations: ``rules``, else those of SEGMENTER_SEGMENTS_FILE (or the shipped
+    defaults).
 
     Raises :class:`~stream_app.segmentation.rules.DefinitionsError` for a bad file.
     """
@@ -19,5 +23,5 @@ def build_segmentations(settings: Settings) -> list[Segmentation]:
         from .clustering import BehaviorSegmentation
 
         segs.append(BehaviorSegmentation(min_learned=settings.model_min_learned))
-    segs.extend(load_segmentations(settings.segments_file))
+    segs.extend(rules if rules is not None else load_segmentations(settings.segments_file))
     return segs
