@@ -26,6 +26,7 @@ from .kafka.clients import faust_credentials
 from .kafka.tables import WriteBehind
 from .kafka.transport import aiokafka_producer, committed_offset, send_now
 from .metrics import Metrics
+from .predictive.live import LivePredictions
 from .processing import (
     HeldWrites,
     Step,
@@ -115,6 +116,10 @@ class Runtime:
         # outputs are not on the broker yet (kafka/tables.py)
         self.customer_states = WriteBehind(self.customers, codec.dumps, s.routed_topic)
         self._last_written: asyncio.Future[None] | None = None  # the newest batch's writes
+        # BG/NBD + Gamma-Gamma parameters loaded from model snapshots (modeling.py); the
+        # step adds each customer's predictions to the features it evaluates rules on
+        self.predictions = (LivePredictions() if s.predictions and self.behavior is not None
+                            else None)
         self.step = Step(
             input_topic=s.input_topic, routed_topic=s.routed_topic, partitions=s.partitions,
             segmentations=self.segmentations,
@@ -125,6 +130,7 @@ class Runtime:
                                      dedupe_window=s.dedupe_window,
                                      max_merged_ids=s.max_merged_ids),
             sample_every_s=86400.0 if self.behavior is not None else None,
+            predictions=self.predictions,
         )
         self._declare_agents()
         self._declare_timers()

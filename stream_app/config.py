@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     model_min_learned: PositiveInt = Field(
         1000, description="Customers stay unassigned until the model has learned this many")
     clustering: bool = Field(True, description="Run the behavioural clustering")
+    predictions: bool = Field(
+        True, description="Fit BG/NBD and Gamma-Gamma in the trainer and give every customer "
+        "p_alive, expected orders and revenue (on / off; needs the clustering's samples)")
     segments_file: Path | None = None
     segments_poll_s: PositiveFloat = Field(
         5.0, le=3600, description="How often SEGMENTER_SEGMENTS_FILE is checked for edits "

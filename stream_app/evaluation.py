@@ -67,7 +67,8 @@ def trainer_settings(settings: Any) -> TrainerSettings:
                            clusters_min=settings.clusters_min,
                            clusters_max=settings.clusters_max,
                            snapshot_every=settings.model_snapshot_every,
-                           snapshot_every_s=settings.model_snapshot_every_s)
+                           snapshot_every_s=settings.model_snapshot_every_s,
+                           predictions=settings.predictions)
 
 
 @dataclass(slots=True)

@@ -192,24 +192,62 @@ async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
                     rt.metrics.set_model(int(snapshot.get("version", 0)),
                                          float(snapshot.get("created_at", time.time())))
                     log.info("scoring with model version %s", snapshot.get("version"))
-                    if behavior.ready:
+                    if load_predictions(rt, snapshot):
+                        rescorer.request(predictions=True)
+                    elif behavior.ready:
                         rescorer.request()
     finally:
         await consumer.stop()
 
 
+def load_predictions(rt: Runtime, snapshot: dict[str, Any]) -> bool:
+    """Load a snapshot's predictive parameters (True when those in force changed). A part
+    that cannot be read is logged and skipped: the parameters loaded before stay."""
+    if rt.predictions is None:
+        return False
+    try:
+        changed = rt.predictions.load(snapshot.get("predictive"), int(snapshot["version"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("skipping the predictive parameters of model version %s: %s",
+                    snapshot.get("version"), str(exc)[:200])
+        return False
+    if changed:
+        bg = rt.predictions.fits["bgnbd"]
+        log.info("predicting with BG/NBD %s fitted on %s customers (model version %s)",
+                 rt.predictions.predictor.bgnbd if rt.predictions.predictor else None,
+                 bg.customers if bg else None, snapshot.get("version"))
+    return changed
+
+
+def prediction_readers(segmentations: Any) -> list[Any]:
+    """The rule segmentations whose conditions read a prediction (p_alive, ...)."""
+    from .segmentation.rules.compiled import subjects
+    from .segmentation.rules.fields import NULLABLE_FEATURES
+
+    out = []
+    for seg in segmentations:
+        segments = getattr(getattr(seg, "definition", None), "segments", ())
+        if any(kind == "feature" and name in NULLABLE_FEATURES
+               for segment in segments for kind, name in subjects(segment.when)):
+            out.append(seg)
+    return out
+
+
 class Rescorer:
     """Re-scores every local customer after a new model version is loaded (see
     :mod:`stream_app.rescoring`): one pass at a time; versions loaded during a pass ask for
-    one more pass after it, not one each."""
+    one more pass after it, not one each. With new predictive parameters the pass also
+    re-scores the rule segmentations that read predictions."""
 
     def __init__(self, rt: Runtime, behavior: BehaviorSegmentation) -> None:
         self.rt = rt
         self.behavior = behavior
         self.wanted = asyncio.Event()
+        self.with_predictions = False
         self.task: asyncio.Task[None] | None = None
 
-    def request(self) -> None:
+    def request(self, predictions: bool = False) -> None:
+        self.with_predictions = self.with_predictions or predictions
         self.wanted.set()
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._run())
@@ -220,18 +258,26 @@ class Rescorer:
             while not self.rt.ready() and not self.rt.app.should_stop:
                 await asyncio.sleep(0.5)
             self.wanted.clear()
+            segmentations: list[Any] = [self.behavior] if self.behavior.ready else []
+            if self.with_predictions:
+                self.with_predictions = False
+                segmentations += prediction_readers(self.rt.step.segmentations)
+            if not segmentations:
+                continue
             try:
-                await rescore_all(self.rt, self.behavior)
+                await rescore_all(self.rt, self.behavior, segmentations)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("re-scoring after a model update failed", exc_info=True)
 
 
-async def rescore_all(rt: Runtime, behavior: BehaviorSegmentation) -> int:
-    """Re-score the behaviour segment of every customer of this worker's partitions, in
-    chunks under the state lock, written and published as a time tick's are. Returns the
-    customers whose state changed."""
+async def rescore_all(rt: Runtime, behavior: BehaviorSegmentation,
+                      segmentations: list[Any] | None = None) -> int:
+    """Re-score the behaviour segment (or ``segmentations``) of every customer of this
+    worker's partitions, in chunks under the state lock, written and published as a time
+    tick's are. Returns the customers whose state changed."""
+    segmentations = segmentations if segmentations is not None else [behavior]
     from collections import defaultdict
 
     from .app import TICK_CHUNK
@@ -257,7 +303,8 @@ async def rescore_all(rt: Runtime, behavior: BehaviorSegmentation) -> int:
             async with rt.state_lock:
                 wall = time.time()
                 view = HeldWrites(states)
-                result = rescore(rt.step, view, keys[start:start + TICK_CHUNK], behavior, wall)
+                result = rescore(rt.step, view, keys[start:start + TICK_CHUNK], segmentations,
+                                 wall)
                 if not view.held:
                     continue
                 written += result.written
@@ -267,6 +314,7 @@ async def rescore_all(rt: Runtime, behavior: BehaviorSegmentation) -> int:
                 settlement = await rt._write_behind(outputs, [(p, view.held)])
     if settlement is not None:
         await settlement
-    log.info("re-scored customers for model version %s: %d changed in %.1fs",
-             behavior.version, written, time.monotonic() - started)
+    log.info("re-scored customers (%s) for model version %s: %d changed in %.1fs",
+             ", ".join(seg.name for seg in segmentations), behavior.version, written,
+             time.monotonic() - started)
     return written

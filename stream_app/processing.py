@@ -27,6 +27,8 @@ from .events import interaction as ix
 from .events.interaction import ANON_PREFIX, Interaction, anonymous_key
 from .events.parse import Limits, Rejection, decode
 from .kafka import routing
+from .predictive.live import LivePredictions
+from .predictive.training import sample_fields
 from .segmentation.base import Decision, Segmentation, change_id
 from .segmentation.rules.definitions import RESERVED_NAMES
 from .segmentation.rules.segmentation import REDEFINED
@@ -142,7 +144,8 @@ class Step:
     def __init__(self, *, input_topic: str, routed_topic: str, partitions: int,
                  segmentations: Sequence[Segmentation], limits: Limits = Limits(),
                  state_config: StateConfig = StateConfig(),
-                 sample_every_s: float | None = None) -> None:
+                 sample_every_s: float | None = None,
+                 predictions: LivePredictions | None = None) -> None:
         self.input_topic = input_topic
         self.routed_topic = routed_topic
         self.partitions = partitions
@@ -153,6 +156,9 @@ class Step:
         # Training samples for the clustering: at most one per customer per this much event
         # time, so busy customers do not dominate the model (None: no clustering).
         self.sample_every_s = sample_every_s
+        # Per-customer predictions (p_alive, ...) added to the features at every evaluation,
+        # from the parameters the worker loaded; never stored (None: predictions off).
+        self.predictions = predictions
         self.timed = [seg for seg in self.segmentations if getattr(seg, "time_sensitive", True)]
         # the segmentations that definitions replace (all but the learned one), and the
         # version of the definitions they came from (None: as built, see :meth:`redefine`)
@@ -316,11 +322,19 @@ class Step:
         the last evaluation (see :func:`_deciders`).
         """
         feats = features(state, now, self.cfg)
+        live = self.predictions
+        if live is not None:
+            feats.update(live.of(state.purchases, now))
         if samples is not None and self.sample_every_s is not None:
             last = state.segment_aux.get(SAMPLED_AT)
             if last is None or now - last >= self.sample_every_s:
                 state.segment_aux[SAMPLED_AT] = now
-                samples.append(feats)
+                if live is not None and state.purchases is not None:
+                    # the predictive models learn from the same samples (training.py)
+                    samples.append({**feats, **sample_fields(state.customer_id,
+                                                             state.purchases, now)})
+                else:
+                    samples.append(feats)
         aux_of = state.segment_aux
         for name, decide in (self._deciders if segmentations is None
                              else _deciders(segmentations)):

@@ -14,7 +14,7 @@ at once; one whose segment lives on moves only on confirmed evidence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 
 from .processing import Change, Step, StepResult
@@ -23,9 +23,12 @@ from .state.customer import CustomerState
 
 
 def rescore(step: Step, customers: MutableMapping[str, Any], keys: Iterable[str],
-            segmentation: Segmentation, wall: float) -> StepResult:
-    """Evaluate ``segmentation`` for the customer states among ``keys``; a state is written
-    back only when a segment or its bookkeeping changed."""
+            segmentation: Segmentation | Sequence[Segmentation], wall: float) -> StepResult:
+    """Evaluate ``segmentation`` (or several) for the customer states among ``keys``; a
+    state is written back only when a segment or its bookkeeping changed. New predictive
+    parameters re-score the segmentations whose rules read predictions this way too."""
+    segmentations = ([segmentation] if not isinstance(segmentation, Sequence)
+                     else list(segmentation))
     res = StepResult()
     for key in keys:
         stored = customers.get(key)
@@ -34,7 +37,7 @@ def rescore(step: Step, customers: MutableMapping[str, Any], keys: Iterable[str]
         state = stored.copy()
         out: list[Change] = []
         step.evaluate(state, max(state.last_seen, state.evaluated_at), wall, out,
-                      segmentations=[segmentation])
+                      segmentations=segmentations)
         if out or state.segment_aux != stored.segment_aux:
             customers[key] = state
             res.written += 1

@@ -43,6 +43,11 @@ class Predictor:
         self._log_a = math.log(bgnbd.a)
         self._mean_spend = None if gamma_gamma is None else population_mean_spend(gamma_gamma)
 
+    @property
+    def mean_spend(self) -> float | None:
+        """Gamma-Gamma's population mean transaction value (None without its fit)."""
+        return self._mean_spend
+
     @classmethod
     def from_fits(cls, bgnbd: Fit | None, gamma_gamma: Fit | None = None) -> Predictor | None:
         """A predictor when the BG/NBD fit is usable (None otherwise: no predictions)."""

@@ -18,6 +18,8 @@ import orjson
 import pytest
 
 from stream_app.events.parse import decode
+from stream_app.predictive import BgNbdParams, GammaGammaParams
+from stream_app.predictive.live import LivePredictions
 from stream_app.segmentation.rules import load_segmentations
 from stream_app.segmentation.rules.definitions import parse_definitions
 from stream_app.segmentation.rules.segmentation import RuleSegmentation
@@ -29,6 +31,12 @@ EVERY_OPERATOR = """
 segmentations:
   - name: mixed
     segments:
+      - id: fading
+        name: Fading (predictions may be None)
+        when:
+          and:
+            - {feature: p_alive, between: [0.05, 0.8]}
+            - not: {feature: expected_revenue_90d, "<": 20}
       - id: nordic_runner
         name: Nordic runner
         when:
@@ -70,6 +78,9 @@ segmentations:
 """
 
 
+MODEL = LivePredictions.fixed(BgNbdParams(0.5, 20.0, 0.8, 3.0), GammaGammaParams(6.0, 4.0, 15.0))
+
+
 def _segmentations(which: str) -> list[RuleSegmentation]:
     if which == "defaults":
         return load_segmentations()
@@ -95,7 +106,9 @@ def test_decide_and_segment_of_agree_with_evaluate(which: str) -> None:
     cfg = StateConfig()
     checked = moved = 0
     seen_segments: set[tuple[str, str | None]] = set()
-    for history in itertools.islice(_histories(60, seed=5).values(), 60):
+    for n, history in enumerate(itertools.islice(_histories(60, seed=5).values(), 60)):
+        # predictions (numbers, or None: no model, no order) as the step adds them
+        model = MODEL if n % 3 else LivePredictions()
         state: CustomerState | None = None
         aux: dict[str, Any] = {}
         for rec in history:
@@ -106,7 +119,7 @@ def test_decide_and_segment_of_agree_with_evaluate(which: str) -> None:
                 continue
             # at the event, and later (what a time tick sees)
             for now in (state.last_seen, state.last_seen + 45 * DAY):
-                f = features(state, now, cfg)
+                f = {**features(state, now, cfg), **model.of(state.purchases, now)}
                 for seg in segs:
                     before = (state.segments.get(seg.name), aux.get(seg.name))
                     decided = seg.decide(state, f, now, before[1],

@@ -1,7 +1,8 @@
 """Every shipped default segment, reached by customers built from interactions.
 
 States come from :func:`stream_app.state.customer.apply_many`, features from
-:func:`stream_app.state.features.features` at event time, as in the worker.
+:func:`stream_app.state.features.features` at event time, as in the worker, with the
+predictions of a fixed BG/NBD and Gamma-Gamma model added as the step adds them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pytest
 
 from stream_app.events import interaction as ix
 from stream_app.events.interaction import Interaction
+from stream_app.predictive import BgNbdParams, GammaGammaParams
+from stream_app.predictive.live import LivePredictions
 from stream_app.segmentation.rules import load_segmentations
 from stream_app.state.customer import DAY, CustomerState, apply_many
 from stream_app.state.features import features
@@ -50,9 +53,15 @@ def customer(*batches: list[Interaction]) -> CustomerState:
     return state
 
 
-def segment(segmentation: str, state: CustomerState, now: float = T0) -> str | None:
+# about one purchase day a 40 days, a quarter drop out after each, 30 a transaction on average
+MODEL = LivePredictions.fixed(BgNbdParams(0.5, 20.0, 0.8, 3.0), GammaGammaParams(6.0, 4.0, 15.0))
+
+
+def segment(segmentation: str, state: CustomerState, now: float = T0,
+            model: LivePredictions = MODEL) -> str | None:
     seg = SEGMENTATIONS[segmentation]
-    return seg.evaluate(state, features(state, now), now, None).segment
+    feats = {**features(state, now), **model.of(state.purchases, now)}
+    return seg.evaluate(state, feats, now, None).segment
 
 
 CASES: list[tuple[str, str | None, list[Interaction]]] = [
@@ -139,6 +148,14 @@ CASES: list[tuple[str, str | None, list[Interaction]]] = [
     ("channel", "mobile", views(2, channel="mobile")),
     ("channel", "other_channel", views(2, channel="store")),
     ("channel", None, views(2, channel=None)),
+    # retention, from the predictions (p_alive 0.94, 3.9 orders expected in 30 days)
+    ("retention", "likely_to_buy_soon", orders(*range(0, 60, 5))),
+    ("retention", "probably_gone", orders(*range(65, 125, 5))),  # then 65 days silent: 0.02
+    ("retention", "at_risk_high_value",  # p_alive 0.42, 470 expected in 90 days
+     orders(100, 90, 80, 70, 60, 40, amount=300.0)),
+    ("retention", "steady", orders(30)),  # one order: nothing says they left (p_alive 1)
+    ("retention", "steady", orders(20, 45)),
+    ("retention", None, views(3)),  # no order: no predictions
 ]
 
 
@@ -192,4 +209,16 @@ def test_an_anonymous_hot_prospect_cools_down() -> None:
 
 def test_only_time_driven_segmentations_are_time_sensitive() -> None:
     assert {name for name, s in SEGMENTATIONS.items() if s.time_sensitive} == {
-        "rfm", "lifecycle", "prospects"}
+        "rfm", "lifecycle", "prospects", "retention"}
+
+
+def test_retention_holds_no_one_while_no_model_is_fitted() -> None:
+    s = customer(orders(*range(0, 60, 5)))
+    assert segment("retention", s) == "likely_to_buy_soon"
+    assert segment("retention", s, model=LivePredictions()) is None
+
+
+def test_a_frequent_buyer_who_falls_silent_is_at_risk_then_probably_gone() -> None:
+    s = customer(orders(*range(0, 60, 5), amount=50.0))  # every 5 days, then silence
+    assert [segment("retention", s, T0 + d * DAY) for d in (0, 20, 60)] == [
+        "likely_to_buy_soon", "at_risk_high_value", "probably_gone"]

@@ -10,8 +10,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from stream_app.events.models import Address, Traits
 from stream_app.events.parse import flatten_traits
+from stream_app.predictive import BgNbdParams, GammaGammaParams
+from stream_app.predictive.live import PREDICTION_FEATURES, LivePredictions
+from stream_app.predictive.summary import from_orders
 from stream_app.segmentation.rules.fields import (
     FEATURE_KINDS,
+    NULLABLE_FEATURES,
     TIME_FEATURES,
     TRAIT_KINDS,
 )
@@ -233,20 +237,39 @@ def _rich_state() -> CustomerState:
         first_order_at=T0 - 10 * DAY, last_order_at=T0 - 2 * DAY,
         recent_orders=[[T0 - 10 * DAY, 30.0], [T0 - 2 * DAY, 50.0]], revenue_recent=70.0,
         orders_recent=1.8, engagement_recent=9.0, product_views=5, cart_adds=2,
-        cart_pending_since=T0 - 0.5 * DAY, channels={"web": 4}, categories={"books": 3.0})
+        cart_pending_since=T0 - 0.5 * DAY, channels={"web": 4}, categories={"books": 3.0},
+        purchases=from_orders([[T0 - 10 * DAY, 30.0], [T0 - 2 * DAY, 50.0]]))
+
+
+# what the step evaluates rules on: features() and, with a model loaded, the predictions
+LIVE = LivePredictions.fixed(BgNbdParams(0.5, 20.0, 0.8, 3.0), GammaGammaParams(6.0, 4.0, 15.0))
+
+
+def _rule_features(s: CustomerState, now: float,
+                   live: LivePredictions = LIVE) -> dict[str, object]:
+    return {**features(s, now), **live.of(s.purchases, now)}
 
 
 def test_time_features_are_exactly_those_that_move_with_event_time() -> None:
     s = _rich_state()
-    now, later = features(s, T0), features(s, T0 + 100 * DAY)
+    now, later = _rule_features(s, T0), _rule_features(s, T0 + 100 * DAY)
     assert {name for name in now if now[name] != later[name]} == TIME_FEATURES
 
 
 def test_feature_kinds_cover_every_feature_with_its_type() -> None:
-    feats = features(_rich_state(), T0)
+    feats = _rule_features(_rich_state(), T0)
     assert set(feats) == set(FEATURE_KINDS)
     for name, value in feats.items():
         assert isinstance(value, float if FEATURE_KINDS[name] == "number" else str), name
+
+
+def test_predictions_are_the_only_number_features_that_can_be_missing() -> None:
+    none_yet = _rule_features(_rich_state(), T0, LivePredictions())  # no model loaded
+    missing = {name for name, value in none_yet.items()
+               if value is None and FEATURE_KINDS[name] == "number"}
+    assert missing == NULLABLE_FEATURES == set(PREDICTION_FEATURES)
+    no_order = _rule_features(CustomerState("c2", first_seen=T0, last_seen=T0), T0)
+    assert {name for name in PREDICTION_FEATURES if no_order[name] is None} == NULLABLE_FEATURES
 
 
 def test_trait_kinds_cover_every_trait_kept_in_state() -> None:

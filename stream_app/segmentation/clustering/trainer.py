@@ -33,6 +33,14 @@ Snapshot fields (``format`` 1)::
     generation (1, 2, ...), retired (ids dropped in this version),
     set_changes: [{change: appeared | split | merged | retired, segment, from | into}],
     segments: [{id, name, centre (scaled, in features order), profile}]
+    predictive: the BG/NBD and Gamma-Gamma fits in force ({bgnbd, gamma_gamma: Fit JSON with
+        params, customers, log_likelihood, fitted_at; or null}, last_attempt, sample), or
+        null with predictions off (:mod:`stream_app.predictive.training`)
+
+The predictive models learn from the same samples (those of customers with an order carry
+their purchase summary) and are refitted as event time advances; a refit whose fits pass
+makes the next snapshot due at once, so workers get new parameters without waiting for the
+clustering's own schedule.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ...predictive.training import PredictiveTrainer
 from . import profiles
 from .models import Clusterer, make_model, model_from_snapshot
 from .stable import PREFIX, id_order, match, set_changes
@@ -74,6 +83,7 @@ class TrainerSettings:
     clusters_max: int = 10
     drift: float = 1.0  # a feature's mean moved by this many generation stds: new generation
     drift_spread: float = 2.0  # ... or its spread by this factor
+    predictions: bool = True  # fit BG/NBD and Gamma-Gamma too (SEGMENTER_PREDICTIONS)
 
 
 def learn_due(last_sampled_at: float | None, now: float, every_s: float = 86400.0) -> bool:
@@ -99,10 +109,16 @@ class Trainer:
         self._warmup: list[np.ndarray] = []
         self._sample: deque[tuple[np.ndarray, str | None, str | None]] = deque(
             maxlen=settings.sample_size)
+        self.predictive = PredictiveTrainer() if settings.predictions else None
+        self._fit_unpublished = False  # a new fit waits for the next snapshot
 
     # --- learning -----------------------------------------------------------------------
     def learn(self, feats: Mapping[str, Any]) -> None:
-        """Learn from one customer's features (a dict from ``state.features.features``)."""
+        """Learn from one customer's features (a dict from ``state.features.features``,
+        with the purchase summary of :func:`stream_app.predictive.training.sample_fields`
+        for a customer with an order)."""
+        if self.predictive is not None:
+            self.predictive.observe(feats)
         self.learn_vector(vectorize(feats), feats.get("preferred_channel"),
                           feats.get("top_category"))
 
@@ -171,10 +187,12 @@ class Trainer:
     def maybe_snapshot(self, now: float) -> dict[str, Any] | None:
         """A new snapshot if one is due and the model has segments, else ``None``."""
         s = self.settings
-        if self.since_snapshot == 0:
+        if self.predictive is not None and self.predictive.maybe_fit():
+            self._fit_unpublished = True
+        if self.since_snapshot == 0 and not self._fit_unpublished:
             return None
         late = self.last_snapshot_at is None or now - self.last_snapshot_at >= s.snapshot_every_s
-        due = self.since_snapshot >= s.snapshot_every or (
+        due = self.since_snapshot >= s.snapshot_every or self._fit_unpublished or (
             late and self.since_snapshot >= s.snapshot_min)
         if not due or self.scaling is None:
             return None
@@ -184,6 +202,7 @@ class Trainer:
         if snapshot is not None:
             self.since_snapshot = 0
             self.last_snapshot_at = float(now)
+            self._fit_unpublished = False
         return snapshot
 
     def _snapshot(self, now: float) -> dict[str, Any] | None:
@@ -240,6 +259,7 @@ class Trainer:
                  "profile": described[sid]["profile"]}
                 for sid, c in zip(ids, kept_centres, strict=True)
             ],
+            "predictive": None if self.predictive is None else self.predictive.published(),
         }
         return self.last
 
@@ -271,6 +291,7 @@ class Trainer:
             "last": self.last,
             "generation": self.generation,
             "scaling": None if self.scaling is None else self.scaling.to_json(),
+            "predictive": None if self.predictive is None else self.predictive.to_json(),
         })
 
     def catch_up(self, snapshot: Mapping[str, Any]) -> None:
@@ -284,6 +305,8 @@ class Trainer:
                    if isinstance(sid, str) and sid.startswith(PREFIX) and sid[len(PREFIX):].isdigit()]
         if numbers:
             self.next_id = max(self.next_id, max(numbers) + 1)
+        if self.predictive is not None and self.predictive.bgnbd is None:
+            self.predictive.restore(snapshot.get("predictive"))  # keep what workers use
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Trainer:
@@ -302,6 +325,8 @@ class Trainer:
         out.next_id = doc["next_id"]
         out.last = doc["last"]
         out.generation = int(doc.get("generation", 0))
+        if out.predictive is not None:
+            out.predictive.restore(doc.get("predictive"))
         if doc.get("scaling") is not None:
             out.scaling = Scaling.from_json(doc["scaling"])
         elif out.n_learned >= out.settings.warmup and out._sample:

@@ -20,7 +20,8 @@ the index of the first match (``-1``: none)::
 One call instead of two or three per comparison: about five times cheaper. Every test is the
 same expression as in :func:`.language._test` (same operands, same order, same short
 circuits), except that the type test is left out where the value is a float by construction
-(number features: ``features()`` gives them as floats, always; window sums).
+(number features: ``features()`` gives them as floats, always; window sums; not the
+predictions, which may be None).
 ``tests/unit/test_rules_compiled.py`` checks the two against each other on simulated
 customers. Nothing from a definitions file is pasted into the source: names and
 operands are bound as globals of the generated function.
@@ -32,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ...state.customer import CustomerState
+from .fields import NULLABLE_FEATURES
 from .language import _NUMBER, And, Compare, Condition, Not, Or, _present
 
 FirstMatch = Callable[[CustomerState, Mapping[str, Any], float], int]
@@ -90,8 +92,9 @@ def _expr(cond: Condition, src: _Source) -> str:
             return _test_number(op, value, v, src)
     elif cond.feature is not None:
         v = src.read("feature", cond.feature)
-        if kind == "number" and op != "exists":
+        if kind == "number" and op != "exists" and cond.feature not in NULLABLE_FEATURES:
             # features() gives every number feature as a float, always: no type test
+            # (predictions may be None: tested as traits are)
             return _test_number(op, value, v, src)
     else:
         assert cond.trait is not None

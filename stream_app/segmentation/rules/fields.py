@@ -12,6 +12,7 @@ import difflib
 from collections.abc import Iterable
 from typing import Literal
 
+from ...predictive.live import PREDICTION_FEATURES
 from ...state.customer import CustomerState
 from ...state.features import features
 
@@ -25,7 +26,12 @@ def _feature_kinds() -> dict[str, Kind]:
             for name, value in sample.items()}
 
 
-FEATURE_KINDS: dict[str, Kind] = _feature_kinds()
+# The per-customer predictions the step adds to the features (stream_app/predictive/live.py):
+# numbers, but None for a customer without an order or while no model is fitted, so a rule on
+# one fails for those customers (as any comparison with a missing value does).
+NULLABLE_FEATURES: frozenset[str] = frozenset(PREDICTION_FEATURES)
+FEATURE_KINDS: dict[str, Kind] = {**_feature_kinds(),
+                                  **dict.fromkeys(PREDICTION_FEATURES, "number")}
 
 TRAIT_KINDS: dict[str, Kind] = {
     "age": "number",
@@ -44,7 +50,7 @@ TRAIT_KINDS: dict[str, Kind] = {
 TIME_FEATURES: frozenset[str] = frozenset({
     "tenure_days", "days_since_seen", "recency_days", "orders_30d", "orders_90d",
     "orders_per_month", "revenue_30d", "revenue_90d", "revenue_recent", "orders_recent",
-    "engagement_recent", "carts_abandoned", "cart_abandon_rate",
+    "engagement_recent", "carts_abandoned", "cart_abandon_rate", *PREDICTION_FEATURES,
 })
 
 
