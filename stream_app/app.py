@@ -34,6 +34,7 @@ from .processing import (
     change_bytes,
     dead_letter_headers,
     event_clock,
+    membership_bytes,
 )
 from .segmentation.base import Segmentation
 from .state import codec
@@ -269,13 +270,17 @@ class Runtime:
 
     def _collect(self, result: StepResult, wall: float, partition: int,
                  out: OutputBatcher) -> None:
-        """Add the step's outputs to ``out``: routed records, segment changes, dead letters
-        and training samples; and count them."""
+        """Add the step's outputs to ``out``: routed records, segment changes, memberships,
+        dead letters and training samples; and count them."""
         s = self.settings
         for key, part, value in result.routed:
             out.add(s.routed_topic, key.encode(), value, part)
         for change in result.changes:
             out.add(s.changes_topic, change.customer_id.encode(), change_bytes(change))
+        # after the changes, in the same delivery, before the state (README: Subscribing to
+        # segments); by key over the topic's actual partitions, as the changes
+        for update in result.memberships:
+            out.add(s.memberships_topic, update.customer_id.encode(), membership_bytes(update))
         for msg, rej in result.dead_letters:
             # keyed as the message was; the default partitioner over the topic's actual
             # partitions (round-robin without a key): the DLQ may have any partition count

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     input_topic: str = "customer-interactions"
     dlq_topic: str = "customer-interactions-dlq"
     changes_topic: str = "segment-changes"
+    memberships_topic: str = "segment-memberships"
     partitions: PositiveInt = Field(8, le=1024)
     replication_factor: PositiveInt = 1
 
@@ -162,7 +163,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{hostport!r} is not HOST:PORT")
         return value
 
-    @field_validator("input_topic", "dlq_topic", "changes_topic")
+    @field_validator("input_topic", "dlq_topic", "changes_topic", "memberships_topic")
     @classmethod
     def _check_topic(cls, value: str) -> str:
         import re

@@ -25,6 +25,7 @@ import orjson
 
 from .events import interaction as ix
 from .events.interaction import ANON_PREFIX, Interaction, anonymous_key
+from .events.models import SegmentMembership
 from .events.parse import Limits, Rejection, decode
 from .kafka import routing
 from .predictive.live import LivePredictions
@@ -86,10 +87,20 @@ class Change:
 
 
 @dataclass(slots=True)
+class MembershipUpdate:
+    """A customer's record on the memberships topic, after its changes of one step."""
+
+    customer_id: str
+    record: SegmentMembership | None  # None: a tombstone (erased, or merged into another)
+
+
+@dataclass(slots=True)
 class StepResult:
     routed: list[tuple[str, int, bytes]] = field(default_factory=list)  # key, partition, value
     dead_letters: list[tuple[Record, Rejection]] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    # one per customer with changes (or gone: erased, merged), sent after the changes
+    memberships: list[MembershipUpdate] = field(default_factory=list)
     written: int = 0
     deleted: int = 0
     applied: int = 0
@@ -207,6 +218,7 @@ class Step:
                 customers[key] = state
                 res.written += 1
                 res.changes.extend(out)
+        res.memberships = self.memberships(res.changes, customers.get)
         return res
 
     # --- definitions -----------------------------------------------------------------------
@@ -295,6 +307,7 @@ class Step:
             customers[key] = state
             res.written += 1
             res.changes.extend(out)
+        res.memberships = self.memberships(res.changes, customers.get)
         return res
 
     # --- entry point -----------------------------------------------------------------------
@@ -309,6 +322,34 @@ class Step:
             else:
                 batch.on_input(msg)
         return batch.finish()
+
+    # --- memberships ------------------------------------------------------------------------
+    def memberships(self, changes: Sequence[Change], entry_of: Callable[[str], Any],
+                    gone: Iterable[str] = ()) -> list[MembershipUpdate]:
+        """The memberships record of each customer with ``changes`` (in order of its first
+        change) and of each id in ``gone`` (no longer a customer: erased, or merged into
+        another), from its entry after the step (``entry_of``): its segment in every
+        segmentation in force, at the event time of its last change; a tombstone when the
+        entry is no customer state any more. Deterministic: a step replayed after a crash
+        over the same stored state writes the same records again."""
+        last: dict[str, float] = {}
+        for change in changes:
+            last[change.customer_id] = change.event_ts
+        for key in gone:
+            last.setdefault(key, 0.0)
+        names = [seg.name for seg in self.segmentations]
+        out = []
+        for cid, ts in last.items():
+            state = entry_of(cid)
+            if type(state) is not CustomerState:
+                out.append(MembershipUpdate(cid, None))
+                continue
+            segments: dict[str, str | None] = dict.fromkeys(names)
+            segments.update(state.segments)
+            out.append(MembershipUpdate(cid, SegmentMembership(
+                customer_id=cid, segments=segments,
+                updated_at=datetime.fromtimestamp(ts, UTC))))
+        return out
 
     # --- segmentation -----------------------------------------------------------------------
     def evaluate(self, state: CustomerState, now: float, ingest_ts: float, out: list[Change],
@@ -796,6 +837,11 @@ class _Batch:
     def finish(self) -> StepResult:
         """Write the working set back: one table write per touched entry."""
         res = self.result
+        # customers that stopped being one (erased, merged) lose their memberships record
+        # even without a change (they held no segment)
+        gone = [key for key in self.dirty if type(self.work[key]) is not CustomerState
+                and type(self.customers.get(key)) is CustomerState]
+        res.memberships = self.step.memberships(res.changes, self._load, gone)
         for key in self.dirty:
             entry = self.work[key]
             if entry is None:
@@ -915,3 +961,9 @@ def event_clock(partition_time: Mapping[int, float], partition_wall: Mapping[int
 
 def change_bytes(change: Change) -> bytes:
     return orjson.dumps(change.record)
+
+
+def membership_bytes(update: MembershipUpdate) -> bytes | None:
+    """The memberships topic's value: the JSON document, or None (a tombstone)."""
+    return None if update.record is None else update.record.model_dump_json().encode()
+

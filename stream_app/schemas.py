@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .events.models import Batch, DeadLetter, SegmentChange, SpecEvent
+from .events.models import Batch, DeadLetter, SegmentChange, SegmentMembership, SpecEvent
 
 BASE = "https://segmenter.dev/schemas/"
 
@@ -16,6 +16,7 @@ def generate() -> dict[str, dict[str, Any]]:
         "customer-interaction.schema.json": TypeAdapter(SpecEvent).json_schema(),
         "customer-interaction-batch.schema.json": Batch.model_json_schema(),
         "segment-change.schema.json": SegmentChange.model_json_schema(),
+        "segment-membership.schema.json": SegmentMembership.model_json_schema(),
         "dead-letter.schema.json": DeadLetter.model_json_schema(),
     }
     for name, doc in docs.items():

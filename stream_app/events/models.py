@@ -255,3 +255,19 @@ class SegmentChange(BaseModel):
     )
     occurred_at: datetime = Field(description="Event time of what caused the change")
     reason: str
+
+
+class SegmentMembership(BaseModel):
+    """Published on ``segment-memberships`` (compacted), keyed by customer id: the
+    customer's current segments, written after each change of that customer, in the same
+    delivery as the change records; a tombstone (no value) when the customer is erased or
+    merged into another one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str
+    segments: dict[str, str | None] = Field(
+        description="Every segmentation in force: the customer's segment id, or null")
+    updated_at: datetime = Field(
+        description="Event time of the customer's latest change (the occurred_at of its last "
+                    "segment-change): the same value when re-written after a crash")

@@ -77,6 +77,9 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
          {"retention.ms": str(14 * 24 * 3600 * 1000)}),
         (settings.changes_topic, settings.partitions,
          {"cleanup.policy": "delete", "retention.ms": week}),
+        # each customer's current memberships (compacted: the newest record per customer;
+        # a tombstone on erasure), for subscribers that arrive after segment-changes expired
+        (settings.memberships_topic, settings.partitions, {"cleanup.policy": "compact"}),
         # one partition each: one trainer owns the model, every worker reads every snapshot
         (settings.training_topic, 1, {"retention.ms": str(24 * 3600 * 1000)}),
         (settings.model_topic, 1, {"cleanup.policy": "compact"}),
@@ -99,8 +102,9 @@ def co_partitioned_topics(settings: Settings) -> list[str]:
     """Topics whose partition ``p`` must hold the customers of table partition ``p``: the
     service writes to their partitions by number, so their count must be
     ``SEGMENTER_PARTITIONS`` exactly. (The input may have any count: what arrives on a
-    partition the worker does not own is re-keyed through the routed topic; the DLQ and
-    the changes topic are written with the default partitioner over their actual count.)"""
+    partition the worker does not own is re-keyed through the routed topic; the DLQ,
+    the changes and the memberships topics are written with the default partitioner over
+    their actual count.)"""
     return [settings.routed_topic, f"{settings.app_id}-customers-changelog"]
 
 

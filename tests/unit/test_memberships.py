@@ -1,0 +1,152 @@
+"""The memberships records the step returns (the compacted ``segment-memberships`` topic): read
+as the topic is compacted (the newest record per key, a tombstone removing it), they equal
+every customer's segments in the tables, after merges, an erasure, ticks and a full replay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from stream_app import routing
+from stream_app.processing import MembershipUpdate, StepResult, membership_bytes
+from stream_app.state.customer import DAY, CustomerState
+
+from .test_processing import (
+    ANON,
+    P_USER,
+    ROUTED,
+    T0,
+    USER,
+    WALL,
+    Cluster,
+    identity_story,
+    new_step,
+    page,
+    pick,
+    run_one,
+    track,
+)
+from .test_schemas import validator
+
+
+class Recorded(Cluster):
+    """A cluster that keeps the memberships records too, as the topic would have them."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.memberships: list[MembershipUpdate] = []
+
+    def _absorb_result(self, res: StepResult) -> None:
+        super()._absorb_result(res)
+        changed = {c.customer_id for c in res.changes}
+        assert changed <= {m.customer_id for m in res.memberships}
+        self.memberships += res.memberships
+
+    def erase(self, cid: str, request: str) -> None:
+        p = routing.partition_of(cid, self.n)
+        self.produce(ROUTED, p, cid.encode(), routing.erase_op(cid, request), WALL)
+
+    def tick(self, now: float) -> None:
+        for p in range(self.n):
+            self._absorb_result(self.step.tick(self.customers[p], list(self.customers[p]), now,
+                                               WALL, erased_keep_s=1e9))
+
+
+def compacted(updates: list[MembershipUpdate]) -> dict[str, dict[str, Any]]:
+    """What a reader of the compacted topic ends with: the newest value per key."""
+    out: dict[str, dict[str, Any]] = {}
+    for u in updates:
+        value = membership_bytes(u)
+        if value is None:
+            out.pop(u.customer_id, None)
+        else:
+            doc = orjson.loads(value)
+            validator("segment-membership.schema.json").validate(doc)
+            assert doc["customer_id"] == u.customer_id
+            out[u.customer_id] = doc
+    return out
+
+
+def tables_view(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Every customer state's segments, each segmentation in force listed (null: none)."""
+    names = [seg.name for seg in cluster.step.segmentations]
+    out = {}
+    for table in cluster.customers:
+        for cid, entry in table.items():
+            if type(entry) is CustomerState:
+                out[cid] = {**dict.fromkeys(names), **entry.segments}
+    return out
+
+
+def assert_topic_matches_tables(cluster: Recorded) -> dict[str, dict[str, Any]]:
+    topic = compacted(cluster.memberships)
+    tables = tables_view(cluster)
+    # a customer with a record holds just those segments; every customer in a segment has
+    # one; nobody else (erased, merged away) has one
+    assert {cid: doc["segments"] for cid, doc in topic.items()} == {
+        cid: segs for cid, segs in tables.items() if cid in topic}
+    assert {cid for cid, segs in tables.items() if any(segs.values())} <= set(topic)
+    return topic
+
+
+def test_topic_equals_the_tables_after_merge_erasure_tick_and_replay() -> None:
+    cluster = Recorded()
+    identity_story(cluster)  # an anonymous visitor merged into a user
+    gone = pick("gone", 1)
+    cluster.send(track("Order Completed", T0, user=gone, total=20, mid="g-1"))
+    cluster.send(page(T0, user=pick("other", 3), anon=None))
+    cluster.run()
+    topic = assert_topic_matches_tables(cluster)
+    assert topic[USER]["segments"] == {"tier": "buyer", "engaged": "engaged"}
+    assert topic[gone]["segments"]["tier"] == "buyer"
+    # the anonymous customer was in a segment before the merge; merged, it is gone
+    anon_key = "anonymous_id:" + ANON
+    assert any(m.customer_id == anon_key and m.record is not None for m in cluster.memberships)
+    assert anon_key not in topic and cluster.link(anon_key) == USER
+
+    cluster.erase(gone, "er-1")
+    cluster.run()
+    assert cluster.memberships[-1] == MembershipUpdate(gone, None)  # a tombstone
+    topic = assert_topic_matches_tables(cluster)
+    assert gone not in topic
+
+    before = len(cluster.memberships)
+    cluster.tick(T0 + 200 * DAY)  # engagement decays: time-driven changes, new records
+    assert len(cluster.memberships) > before
+    topic = assert_topic_matches_tables(cluster)
+    assert topic[USER]["segments"]["engaged"] is None
+    assert topic[USER]["updated_at"] == "2024-06-01T22:13:20Z"  # the tick's event time
+
+    cluster.redeliver_everything()  # a full replay changes nothing
+    cluster.run()
+    assert compacted(cluster.memberships) == topic
+
+
+def test_a_replayed_step_writes_the_same_records() -> None:
+    step = new_step()
+    docs = [page(T0, user=USER, anon=None),
+            track("Order Completed", T0 + 60, user=USER, total=9, mid="o-1")]
+    stored: dict[str, Any] = {}
+    first, after = run_one(step, P_USER, docs, dict(stored), offset=0)
+    again, _ = run_one(step, P_USER, docs, dict(stored), offset=0)  # state lost in a crash
+    assert [membership_bytes(m) for m in first.memberships] == [
+        membership_bytes(m) for m in again.memberships]
+    [update] = first.memberships
+    assert orjson.loads(membership_bytes(update) or b"") == {
+        "customer_id": USER, "segments": {"tier": "buyer", "engaged": "engaged"},
+        "updated_at": "2023-11-14T22:14:20Z"}
+    # applied and stored already: nothing changes, nothing is written
+    res, _ = run_one(step, P_USER, docs, after, offset=0)
+    assert res.changes == [] and res.memberships == []
+
+
+def test_erasure_of_a_customer_in_no_segment_still_sends_a_tombstone() -> None:
+    step = new_step()
+    cid = pick("quiet", P_USER)
+    # an identify only: a customer, in no segment of these segmentations
+    _, customers = run_one(step, P_USER, [{"type": "identify", "userId": cid,
+                                           "messageId": "i-1", "traits": {"age": 30}}])
+    assert type(customers[cid]) is CustomerState and not customers[cid].segments
+    res, _ = run_one(step, P_USER, [routing.erase_op(cid, "er-2")], customers, topic=ROUTED)
+    assert res.changes == [] and res.memberships == [MembershipUpdate(cid, None)]
