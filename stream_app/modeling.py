@@ -148,6 +148,14 @@ def install(rt: Runtime, behavior: BehaviorSegmentation) -> None:
                 for key, value in set_change_records(trainer.last or {}):
                     await rt.model_topic.send(key=key, value=value, partition=0)
                 log.info("published model version %s", trainer.version)
+                part = (trainer.last or {}).get("predictive") or {}
+                if part.get("bgnbd"):
+                    log.info("predictive fits in it: BG/NBD on %s customers, Gamma-Gamma on "
+                             "%s (sample %s; latest attempt %.2fs: %s)",
+                             part["bgnbd"]["customers"],
+                             (part.get("gamma_gamma") or {}).get("customers"),
+                             part.get("sample"), part.get("fit_s", 0.0),
+                             {k: v["status"] for k, v in part.get("last_attempt", {}).items()})
 
     @app.task
     async def follow_model() -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,6 +81,7 @@ class PredictiveTrainer:
         self.fitted_size = 0
         self.fits = 0  # fits attempted by this instance
         self.restored = False  # the fits in force came from a checkpoint or snapshot
+        self.last_fit_s = 0.0  # wall seconds the latest attempt took (both models)
 
     def __len__(self) -> int:
         return len(self._row)
@@ -146,9 +148,11 @@ class PredictiveTrainer:
         if not self.due():
             return False
         now = self.now
+        started = time.perf_counter()  # how long fits take (for logs), not event time
         x, t_x, T, m_x = self.inputs(now)
         bg = fit_bgnbd(x, t_x, T, fitted_at=now)
         gg = fit_gamma_gamma(x, m_x, fitted_at=now)
+        self.last_fit_s = time.perf_counter() - started
         self.fits += 1
         self.last_attempt = {"bgnbd": bg, "gamma_gamma": gg}
         self.attempted_at_size = len(self._row)
@@ -171,6 +175,7 @@ class PredictiveTrainer:
                                     "customers": fit.customers}
                              for name, fit in self.last_attempt.items()},
             "sample": len(self._row),
+            "fit_s": round(self.last_fit_s, 4),
         }
 
     def to_json(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
 from ..events.interaction import ANON_PREFIX
+from ..predictive.live import NO_PREDICTIONS
 from ..state.codec import to_json
 from ..state.customer import CustomerState, Link
 from ..state.features import features
@@ -95,6 +96,16 @@ def register_views(rt: Runtime) -> None:
 
     app.web.add_static("/dashboard/static", STATIC)
 
+    @app.page("/predictions/model")
+    class PredictionsModel(View):
+        """The BG/NBD and Gamma-Gamma parameters this worker predicts with (null parts
+        while not fitted; every worker follows the same snapshots)."""
+
+        async def get(self, request: Request) -> Response:
+            if rt.predictions is None:
+                return self.json({"bgnbd": None, "gamma_gamma": None, "version": None})
+            return self.json(rt.predictions.model_document())
+
     @app.page("/segments")
     class Segments(View):
         """Every segmentation with its segments, profiles and live sizes (all workers)."""
@@ -173,6 +184,11 @@ def segments_document(rt: Runtime, sizes: dict[str, dict[str, int]]) -> dict[str
 def customer_document(rt: Runtime, state: Any) -> dict[str, Any]:
     now = state.last_seen
     feats = features(state, now, rt.step.cfg)
+    # at event time as the worker's ticks have it (T runs to the evaluation time)
+    predicted_at = max(state.last_seen, state.evaluated_at, rt.event_time_now())
+    predictions = (rt.predictions.of(state.purchases, predicted_at)
+                   if rt.predictions is not None else NO_PREDICTIONS)
+    feats.update(predictions)
     segments: dict[str, Any] = {}
     for seg in rt.segmentations:
         decision = seg.evaluate(state, feats, now, state.segment_aux.get(seg.name))
@@ -192,6 +208,9 @@ def customer_document(rt: Runtime, state: Any) -> dict[str, Any]:
         "merged_ids": state.merged_ids,
         "traits": state.traits,
         "features": feats,
+        "predictions": {**predictions, "evaluated_at": predicted_at,
+                        "model_version": rt.predictions.version
+                        if rt.predictions is not None and rt.predictions.ready else None},
         "segments": segments,
         "first_seen": raw["first_seen"],
         "last_seen": raw["last_seen"],
