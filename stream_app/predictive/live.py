@@ -33,8 +33,9 @@ True
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .bgnbd import BgNbdParams
@@ -137,3 +138,54 @@ class LivePredictions:
                      "log_likelihood": gg.log_likelihood}
         return {"bgnbd": bgnbd, "gamma_gamma": gamma,
                 "version": self.version if self.predictor is not None else None}
+
+
+P_ALIVE_EDGES = tuple(i / 10 for i in range(11))  # ten bins of 0.1
+REVENUE_EDGES = (0.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)  # the last bin: 1000+
+
+
+def distribution(customers: Iterable[tuple[PurchaseSummary | None, str | None]],
+                 live: LivePredictions, now: float) -> dict[str, Any]:
+    """The dashboard's view of the predictions: over ``(summary, behavioural segment)``
+    pairs (customers without an order are skipped), at event time ``now``: histograms of
+    ``p_alive`` (bins of 0.1) and of ``expected_revenue_90d`` (:data:`REVENUE_EDGES`, the
+    last bin open), and per behavioural segment (None: not in one) the customers, mean
+    ``p_alive``, mean and total expected 90-day revenue. Pure.
+
+    >>> from stream_app.predictive import BgNbdParams
+    >>> live = LivePredictions.fixed(BgNbdParams(0.5, 20.0, 0.8, 3.0))
+    >>> doc = distribution([(PurchaseSummary(19000, 9.0, 19000, 0, 0.0), "c1"), (None, "c1")],
+    ...                    live, 19010 * 86400.0)
+    >>> doc["customers"], doc["p_alive"]["counts"][-1], doc["by_segment"][0]["segment"]
+    (1, 1, 'c1')
+    """
+    alive = [0] * (len(P_ALIVE_EDGES) - 1)
+    revenue = [0] * len(REVENUE_EDGES)
+    groups: dict[str | None, list[float]] = {}  # segment -> [n, sum p_alive, sum revenue, n rev]
+    n = 0
+    for summary, segment in customers:
+        if summary is None:
+            continue
+        pr = live.of(summary, now)
+        p = pr["p_alive"]
+        if p is None:
+            continue
+        n += 1
+        alive[min(int(p * 10), 9)] += 1
+        rev = pr["expected_revenue_90d"]
+        g = groups.setdefault(segment, [0, 0.0, 0.0, 0])
+        g[0] += 1
+        g[1] += p
+        if rev is not None:
+            revenue[bisect.bisect_right(REVENUE_EDGES, rev) - 1] += 1
+            g[2] += rev
+            g[3] += 1
+    by_segment = [{"segment": seg, "customers": int(g[0]), "mean_p_alive": g[1] / g[0],
+                   "mean_expected_revenue_90d": g[2] / g[3] if g[3] else None,
+                   "expected_revenue_90d": g[2] if g[3] else None}
+                  for seg, g in sorted(groups.items(), key=lambda kv: (kv[0] is None,
+                                                                       kv[0] or ""))]
+    return {"customers": n, "at": now, "version": live.version if live.ready else None,
+            "p_alive": {"edges": list(P_ALIVE_EDGES), "counts": alive},
+            "expected_revenue_90d": {"edges": list(REVENUE_EDGES), "counts": revenue},
+            "by_segment": by_segment}

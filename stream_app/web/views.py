@@ -12,22 +12,25 @@ from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
 from ..events.interaction import ANON_PREFIX
-from ..predictive.live import NO_PREDICTIONS
+from ..predictive.live import NO_PREDICTIONS, distribution
 from ..state.codec import to_json
 from ..state.customer import CustomerState, Link
 from ..state.features import features
 from .access import Gate
 from .admin import register_admin
+from .members import register_members
 
 if TYPE_CHECKING:
     from ..app import Runtime
 
 STATIC = Path(__file__).parent / "static"
+DISTRIBUTION_SAMPLE = 5000  # customers per worker in the dashboard's predictions panel
 
 
 def register_views(rt: Runtime) -> None:
     app = rt.app
     register_admin(rt)
+    register_members(rt)  # GET /segments/{segmentation}/{segment}/members
 
     @app.page("/health")
     class Health(View):
@@ -105,6 +108,28 @@ def register_views(rt: Runtime) -> None:
             if rt.predictions is None:
                 return self.json({"bgnbd": None, "gamma_gamma": None, "version": None})
             return self.json(rt.predictions.model_document())
+
+    cached: dict[str, Any] = {"at": 0.0, "doc": None}
+
+    @app.page("/predictions/distribution")
+    class PredictionsDistribution(View):
+        """The dashboard's predictions panel: p_alive and expected 90-day revenue across
+        this worker's customers (a uniform sample of at most DISTRIBUTION_SAMPLE, every
+        k-th key), and by behavioural segment; computed at most every 15 s."""
+
+        async def get(self, request: Request) -> Response:
+            if rt.predictions is None:
+                return self.json({"customers": 0, "version": None, "off": True})
+            if cached["doc"] is None or time.monotonic() - cached["at"] > 15.0:
+                keys = list(rt.customers.keys())
+                every = max(1, len(keys) // DISTRIBUTION_SAMPLE)
+                states = (rt.customer(k) for k in keys[::every])
+                cached["doc"] = distribution(
+                    ((st.purchases, st.segments.get("behavior")) for st in states
+                     if type(st) is CustomerState), rt.predictions, rt.event_time_now())
+                cached["doc"]["sampled_every"] = every
+                cached["at"] = time.monotonic()
+            return self.json(cached["doc"])
 
     @app.page("/segments")
     class Segments(View):

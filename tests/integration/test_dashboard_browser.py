@@ -60,6 +60,19 @@ def _move(metrics: Metrics, step: int, now: float) -> None:
     })
 
 
+def _predictions() -> dict[str, object]:
+    """What the worker's /predictions/distribution answers, for 200 customers in 3 segments."""
+    from stream_app.predictive import BgNbdParams, GammaGammaParams
+    from stream_app.predictive.live import LivePredictions, distribution
+    from stream_app.predictive.summary import PurchaseSummary
+
+    live = LivePredictions.fixed(BgNbdParams(0.5, 20.0, 0.8, 3.0),
+                                 GammaGammaParams(6.0, 4.0, 15.0), version=4)
+    customers = [(PurchaseSummary(19000, 20.0, 19000 + 3 * (i % 90), i % 7 if i % 90 else 0,
+                                  40.0 * (i % 7)), f"c{i % 3}") for i in range(200)]
+    return {**distribution(customers, live, 19200 * 86400.0), "sampled_every": 1}
+
+
 @pytest.fixture
 async def dashboard_base_url() -> AsyncIterator[str]:
     """A stand-in for the worker's web server: same routes, real sampler output."""
@@ -81,12 +94,16 @@ async def dashboard_base_url() -> AsyncIterator[str]:
         since = request.query.get("since")
         return web.json_response(sampler.snapshot(float(since) if since else None))
 
+    async def predictions(_: web.Request) -> web.Response:
+        return web.json_response(_predictions())
+
     async def page(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "dashboard.html")
 
     app = web.Application()
     app.router.add_get("/dashboard", page)
     app.router.add_get("/dashboard/data", data)
+    app.router.add_get("/predictions/distribution", predictions)
     app.router.add_static("/dashboard/static", STATIC)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -156,6 +173,8 @@ async def test_dashboard_draws_live_data(dashboard_base_url: str, tmp_path: Path
     assert dom.text["kpi-model"] == "v7"
     assert dom.text["kpi-events"] not in ("", "–")
     assert {"behavior", "value_tier"} <= set(dom.options)
+    # the predictions panel drew its histograms and table (the caption is set last)
+    assert dom.text["predictions-model"] == "model v4; 200 customers with an order"
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"

@@ -257,3 +257,32 @@ def test_without_a_model_no_one_is_in_retention_and_samples_carry_no_summary() -
                        T0 + 400 * DAY)
         assert "retention" not in customers["u1"].segments  # type: ignore[union-attr]
         assert bool([s for s in res.samples if PURCHASES in s]) == (live is not None)
+
+
+# --- the dashboard's distribution ----------------------------------------------------------
+
+def test_distribution_counts_every_predicted_customer_once_and_groups_by_segment() -> None:
+    from stream_app.predictive.live import REVENUE_EDGES, distribution
+    from stream_app.predictive.summary import PurchaseSummary
+
+    live = LivePredictions.fixed(BG, GG, version=4)
+    now = (DAY0 + 400) * DAY
+    rng = np.random.default_rng(3)
+    customers = []
+    for i in range(300):
+        first = DAY0 + int(rng.integers(0, 300))
+        x = int(rng.integers(0, 6))
+        last = first + (int(rng.integers(1, 400 - (first - DAY0))) if x else 0)
+        customers.append((PurchaseSummary(first, 20.0, last, x, 35.0 * x), f"c{i % 3}"))
+    customers += [(None, "c0")] * 50  # no order: no predictions
+    doc = distribution(customers, live, now)
+    assert doc["customers"] == 300 and doc["version"] == 4
+    assert sum(doc["p_alive"]["counts"]) == sum(doc["expected_revenue_90d"]["counts"]) == 300
+    assert len(doc["expected_revenue_90d"]["counts"]) == len(REVENUE_EDGES)
+    by = {g["segment"]: g for g in doc["by_segment"]}
+    assert set(by) == {"c0", "c1", "c2"} and sum(g["customers"] for g in by.values()) == 300
+    preds = [live.of(s, now) for s, seg in customers if s is not None and seg == "c1"]
+    assert by["c1"]["mean_p_alive"] == pytest.approx(np.mean([p["p_alive"] for p in preds]))
+    assert by["c1"]["expected_revenue_90d"] == pytest.approx(
+        sum(p["expected_revenue_90d"] for p in preds))  # type: ignore[misc]
+    assert distribution(customers, LivePredictions(), now)["customers"] == 0

@@ -330,5 +330,56 @@ async function pollSetChanges() {
   }
 }
 
+// --- predictions (GET /predictions/distribution: this worker's customers, sampled) -------
+function bars(id, edges, counts, fmtEdge, openLast) {
+  const total = counts.reduce((a, b) => a + b, 0) || 1;
+  const peak = Math.max(1, ...counts);
+  document.getElementById(id).replaceChildren(...counts.map((n, i) => {
+    const item = document.createElement("li");
+    const upper = i + 1 < edges.length ? fmtEdge(edges[i + 1]) : null;
+    item.dataset.count = n;
+    item.innerHTML = '<span class="edge"></span><span class="bar"><span></span></span><span class="n"></span>';
+    item.querySelector(".edge").textContent = openLast && upper == null
+      ? `${fmtEdge(edges[i])}+` : `${fmtEdge(edges[i])}–${upper}`;
+    item.querySelector(".bar span").style.width = `${(100 * n) / peak}%`;
+    item.querySelector(".n").textContent = `${fmtNum(n)} (${Math.round((100 * n) / total)}%)`;
+    return item;
+  }));
+}
+
+async function pollPredictions() {
+  try {
+    const response = await fetch("/predictions/distribution", { cache: "no-store" });
+    if (response.ok) {
+      const doc = await response.json();
+      if (doc.off) {
+        setText("predictions-model", "predictions off (SEGMENTER_PREDICTIONS)");
+      } else if (doc.version != null) {
+        bars("bars-p-alive", doc.p_alive.edges, doc.p_alive.counts, (v) => v.toFixed(1), false);
+        bars("bars-revenue", doc.expected_revenue_90d.edges, doc.expected_revenue_90d.counts,
+          (v) => fmtNum(v), true);
+        const rows = doc.by_segment.map((g) => {
+          const row = document.createElement("tr");
+          for (const text of [g.segment ?? "(none)", fmtNum(g.customers), g.mean_p_alive.toFixed(2),
+            g.mean_expected_revenue_90d == null ? "–" : g.mean_expected_revenue_90d.toFixed(2)]) {
+            const cell = document.createElement("td");
+            cell.textContent = text;
+            row.append(cell);
+          }
+          return row;
+        });
+        if (rows.length) document.getElementById("predictions-by-segment").replaceChildren(...rows);
+        setText("predictions-model", `model v${doc.version}; ${fmtNum(doc.customers)} customers with an order` +
+          (doc.sampled_every > 1 ? ` (every ${doc.sampled_every}th)` : ""));
+      }
+    }
+  } catch (err) {
+    // the main poll reports an unreachable worker
+  } finally {
+    setTimeout(pollPredictions, 10 * POLL_MS);
+  }
+}
+
 poll();
 pollSetChanges();
+pollPredictions();
