@@ -350,6 +350,15 @@ def _register_evaluate() -> None:
 _register_evaluate()
 
 
+def _register_members() -> None:
+    from .members import members
+
+    cli.command("members")(members)
+
+
+_register_members()
+
+
 def main() -> None:
     # Never let a broken pipe (e.g. `segmenter tail | head`) print a traceback.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None

@@ -101,6 +101,12 @@ def test_topic_init_creates_the_configured_topics(compose: dict[str, Any]) -> No
                          script), topic
 
 
+def test_topic_init_creates_the_memberships_topic_compacted(compose: dict[str, Any]) -> None:
+    script = " ".join(compose["services"]["topic-init"]["command"])
+    topic = Settings.model_fields["memberships_topic"].default
+    assert re.search(rf"topic {re.escape(topic)} \S+ cleanup\.policy=compact\b", script)
+
+
 @pytest.mark.parametrize("missing", sorted(REQUIRED))
 def test_a_missing_required_variable_is_refused(tmp_path: Path, missing: str) -> None:
     env = {name: value for name, value in REQUIRED.items() if name != missing}

@@ -4,6 +4,7 @@ every customer's segments in the tables, after merges, an erasure, ticks and a f
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -150,3 +151,9 @@ def test_erasure_of_a_customer_in_no_segment_still_sends_a_tombstone() -> None:
     assert type(customers[cid]) is CustomerState and not customers[cid].segments
     res, _ = run_one(step, P_USER, [routing.erase_op(cid, "er-2")], customers, topic=ROUTED)
     assert res.changes == [] and res.memberships == [MembershipUpdate(cid, None)]
+
+
+def test_the_readme_shows_the_example_subscriber_as_it_is() -> None:
+    root = Path(__file__).resolve().parents[2]
+    example = (root / "examples/subscriber.py").read_text()
+    assert "```python\n" + example + "```" in (root / "README.md").read_text()
