@@ -11,8 +11,9 @@ not be. A page is refused (503) rather than answered incomplete when a peer does
 or some partition is not served (a rebalance): retry it with the same cursor.
 
 Customer ids are personal data: the same gate as ``/customers/{id}`` (SEGMENTER_API_TOKEN).
-Each page scans the worker's local customers once (no index is kept: memory per customer
-stays as it was); paging through a segment costs one scan per page.
+No index is kept (memory per customer stays as it was): a worker scans its customers for a
+segment once and serves the following pages from that scan for a while
+(:class:`LocalMembers`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import heapq
+import bisect
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -78,25 +80,67 @@ def parse_query(query: Any) -> tuple[int, str | None]:
     return limit, (decode_cursor(cursor) if cursor else None)
 
 
-def local_members(rt: Runtime, segmentation: str, segment: str, after: str | None,
-                  limit: int) -> dict[str, Any]:
-    """The first ``limit`` ids after ``after`` in the segment among this worker's customers,
-    whether there are more, and the partitions they come from. No await: the table cannot
-    change under the scan."""
-    owned = set(rt._assigned())
-    n = rt.settings.partitions
-    states = rt.customer_states  # with the staged writes of batches in flight
+class LocalMembers:
+    """This worker's members of a segment, for pages: the sorted ids of one scan of the local
+    customers, kept ``CACHE_S`` for the following pages (an export asks for many), and each
+    id checked again against its state when a page is served.
 
-    def members() -> Any:
-        for cid in states:
-            if (after is not None and cid <= after) or partition_of(cid, n) not in owned:
-                continue
-            state = states.get(cid)
+    A scan costs ~6 µs a customer (the partition check and a state read; more with RocksDB,
+    which decodes each state): 0.6 s for 100,000. It yields to the event loop every
+    ``SCAN_CHUNK`` customers so batches go on meanwhile, and runs once per segment per
+    ``CACHE_S`` however many pages are asked for. So a page may miss a customer that joined
+    the segment in the last ``CACHE_S`` seconds; it never lists one that is not in it."""
+
+    CACHE_S = 30.0
+    SCAN_CHUNK = 2000
+    MAX_CACHED = 8  # segments
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        # (segmentation, segment) -> (scanned at, partitions scanned, sorted ids)
+        self.cache: dict[tuple[str, str], tuple[float, tuple[int, ...], list[str]]] = {}
+
+    async def scan(self, segmentation: str, segment: str, owned: tuple[int, ...]
+                   ) -> list[str]:
+        n = self.rt.settings.partitions
+        states = self.rt.customer_states  # with the staged writes of batches in flight
+        mine = set(owned)
+        keys = list(states)
+        found = []
+        for start in range(0, len(keys), self.SCAN_CHUNK):
+            for cid in keys[start:start + self.SCAN_CHUNK]:
+                state = states.get(cid)
+                if (type(state) is CustomerState and state.segments.get(segmentation) == segment
+                        and partition_of(cid, n) in mine):
+                    found.append(cid)
+            await asyncio.sleep(0)
+        found.sort()
+        return found
+
+    async def page(self, segmentation: str, segment: str, after: str | None, limit: int
+                   ) -> dict[str, Any]:
+        """The first ``limit`` ids after ``after``, whether there may be more, and the
+        partitions they come from."""
+        owned = tuple(self.rt._assigned())
+        key = (segmentation, segment)
+        now = time.monotonic()
+        cached = self.cache.get(key)
+        if cached is None or cached[1] != owned or now - cached[0] > self.CACHE_S:
+            ids = await self.scan(segmentation, segment, owned)
+            self.cache.pop(key, None)
+            while len(self.cache) >= self.MAX_CACHED:
+                self.cache.pop(next(iter(self.cache)))  # the oldest
+            self.cache[key] = cached = (now, owned, ids)
+        ids = cached[2]
+        states = self.rt.customer_states
+        out: list[str] = []
+        i = bisect.bisect_right(ids, after) if after is not None else 0
+        while i < len(ids) and len(out) <= limit:
+            state = states.get(ids[i])  # still in the segment?
             if type(state) is CustomerState and state.segments.get(segmentation) == segment:
-                yield cid
-
-    first = heapq.nsmallest(limit + 1, members())
-    return {"members": first[:limit], "more": len(first) > limit, "partitions": sorted(owned)}
+                out.append(ids[i])
+            i += 1
+        return {"members": out[:limit], "more": len(out) > limit, "partitions": list(owned)}
 
 
 def _peers(rt: Runtime) -> set[str]:
@@ -111,10 +155,11 @@ class Unavailable(RuntimeError):
     """Answered 503: the page would be incomplete."""
 
 
-async def cluster_members(rt: Runtime, request: Request, segmentation: str, segment: str,
-                          after: str | None, limit: int) -> dict[str, Any]:
+async def cluster_members(rt: Runtime, local: LocalMembers, request: Request,
+                          segmentation: str, segment: str, after: str | None, limit: int
+                          ) -> dict[str, Any]:
     """One page merged from every worker's local answer."""
-    answers = [local_members(rt, segmentation, segment, after, limit)]
+    answers = [await local.page(segmentation, segment, after, limit)]
     peers = sorted(_peers(rt))
     if peers:
         params = {"scope": "local", "limit": str(limit)}
@@ -157,6 +202,7 @@ async def cluster_members(rt: Runtime, request: Request, segmentation: str, segm
 def register_members(rt: Runtime) -> None:
     personal = Gate(rt.settings.api_token, setting="SEGMENTER_API_TOKEN",
                     realm="segmenter", loopback_without_token=True)
+    local = LocalMembers(rt)
 
     @rt.app.page("/segments/{segmentation}/{segment}/members")
     class Members(View):
@@ -175,10 +221,10 @@ def register_members(rt: Runtime) -> None:
             except BadRequest as exc:
                 return self.json({"error": str(exc)}, status=400)
             if request.query.get("scope") == "local":
-                return self.json(local_members(rt, segmentation, segment, after, limit))
+                return self.json(await local.page(segmentation, segment, after, limit))
             try:
-                return self.json(await cluster_members(rt, request, segmentation, segment,
-                                                       after, limit))
+                return self.json(await cluster_members(rt, local, request, segmentation,
+                                                       segment, after, limit))
             except Unavailable as exc:
                 return self.json({"error": str(exc)}, status=503,
                                  headers={"Retry-After": "2"})

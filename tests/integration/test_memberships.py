@@ -140,7 +140,7 @@ def test_members_paged_across_two_workers_and_exported(broker, worker_factory, p
                                                        tmp_path):
     defs = tmp_path / "segments.yaml"
     defs.write_text(DEFINITIONS)
-    common = {"segments_file": str(defs), "api_token": API, **QUIET}
+    common = {"segments_file": str(defs), "api_token": API, "admin_token": ADMIN, **QUIET}
     w1 = worker_factory("w1", **common).start()
     w2 = worker_factory("w2", **common).start()
     big = {f"b-{i:03d}" for i in range(45)}
@@ -174,7 +174,12 @@ def test_members_paged_across_two_workers_and_exported(broker, worker_factory, p
                 return got
         raise AssertionError("paging does not end")
 
-    wait_for(lambda: set(all_pages(w1, 1000)) == big, timeout=60, what="every big spender")
+    def sizes() -> dict[str, int]:
+        doc = httpx.get(f"{w1.base_url}/segments", timeout=10).json()
+        spend = next(s for s in doc["segmentations"] if s["name"] == "spend")
+        return {s["id"]: s["size"] for s in spend["segments"]}
+
+    wait_for(lambda: sizes() == {"big": 45, "small": 15}, timeout=60, what="every customer")
     for w, limit in ((w1, 7), (w2, 10), (w1, 45), (w2, 1)):
         ids = all_pages(w, limit)
         assert ids == sorted(big), (limit, ids)  # each member once, in id order
@@ -205,6 +210,15 @@ def test_members_paged_across_two_workers_and_exported(broker, worker_factory, p
         else:
             assert [json.loads(line)["customer_id"] for line in lines] == sorted(big)
         assert "45 members of spend/big" in run.stderr
+    # a member erased meanwhile is not listed any more, within the workers' 30 s of reuse
+    # of their scan too
+    r = httpx.delete(f"{w1.base_url}/admin/customers/b-000",
+                     headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: httpx.get(f"{w1.base_url}/customers/b-000", headers=auth).status_code
+             == 404, what="the erasure")
+    assert all_pages(w2, 10) == sorted(big - {"b-000"})
+
     bad = subprocess.run([sys.executable, "-m", "stream_app", "members", "spend", "big",
                           "--url", w2.base_url], env={**env, "SEGMENTER_API_TOKEN": "wrong"},
                          capture_output=True, text=True, timeout=60)
