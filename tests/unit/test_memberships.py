@@ -157,3 +157,22 @@ def test_the_readme_shows_the_example_subscriber_as_it_is() -> None:
     root = Path(__file__).resolve().parents[2]
     example = (root / "examples/subscriber.py").read_text()
     assert "```python\n" + example + "```" in (root / "README.md").read_text()
+
+
+def test_a_backfill_under_new_definitions_rewrites_the_records() -> None:
+    """Live definitions (Step.redefine, Step.backfill): each customer moved gets a record with
+    the segmentations now in force (a removed one is no longer listed, a new one is)."""
+    from .test_redefinition import V2, redefine, stored_under_v1
+
+    step, table, _ = stored_under_v1()
+    redefine(step, V2)
+    res = step.backfill(0, table, sorted(table), WALL)
+    docs = {u.customer_id: orjson.loads(membership_bytes(u) or b"") for u in res.memberships}
+    assert {cid: doc["segments"] for cid, doc in docs.items()} == {
+        "a": {"spend": "big", "tier": None},
+        "b": {"spend": "small", "tier": "gold"},
+        "c": {"spend": "big", "tier": None},
+    }
+    for doc in docs.values():
+        validator("segment-membership.schema.json").validate(doc)
+    assert step.backfill(0, table, sorted(table), WALL).memberships == []  # nothing left
