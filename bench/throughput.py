@@ -113,8 +113,13 @@ def _event_ms(iso: str) -> int:
     return round(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def make_workload(events: int, customers: int, days: float, seed: int) -> Workload:
-    """Persona traffic ending now (so no event is in the future), serialized once."""
+def make_workload(events: int, customers: int, days: float, seed: int,
+                  buyers: int = 0) -> Workload:
+    """Persona traffic ending now (so no event is in the future), serialized once; with
+    ``buyers``, that many more customers' orders drawn from BG/NBD and Gamma-Gamma
+    (:func:`stream_app.predictive.simulate.order_events`) over the same days, in time order
+    among the personas' events (the personas barely ever stop buying within a year, so a
+    BG/NBD fit on them alone runs to the edge of the plausible range and is refused)."""
     from stream_app.cli.publish import event_key
     from stream_app.simulate import simulate
 
@@ -133,6 +138,21 @@ def make_workload(events: int, customers: int, days: float, seed: int) -> Worklo
     if len(records) < events:
         raise SystemExit(f"the simulation gave only {len(records)} events: raise --customers "
                          "or --days")
+    if buyers:
+        import numpy as np
+
+        from stream_app.predictive import BgNbdParams, GammaGammaParams
+        from stream_app.predictive.simulate import order_events
+
+        orders = order_events(buyers, start.timestamp(), days, BgNbdParams(0.8, 20.0, 0.8, 4.0),
+                              GammaGammaParams(6.0, 4.0, 15.0), np.random.default_rng(seed))
+        merged = sorted([*zip(marks, records, strict=True),
+                         *(((str(e["userId"]), _event_ms(str(e["timestamp"]))),
+                            (str(e["userId"]).encode(), orjson.dumps(e))) for e in orders)],
+                        key=lambda pair: pair[0][1])
+        marks = [m for m, _ in merged]
+        records = [r for _, r in merged]
+        seen.update(str(e["userId"]) for e in orders)
     return Workload(records, marks, len(seen))
 
 
@@ -498,7 +518,8 @@ def _train_snapshot(ctx: Context) -> dict[str, Any]:
         for p, msgs in batch:
             samples += step.run(p, msgs, customers, now).samples
     trainer = Trainer(TrainerSettings(algorithm=settings.cluster_model.value,
-                                      clusters=settings.clusters))
+                                      clusters=settings.clusters,
+                                      predictions=settings.predictions))
     for feats in samples:
         trainer.learn(feats)
     snapshot = trainer.maybe_snapshot(now)
@@ -529,7 +550,10 @@ def _load_model(step: Any, path: Path) -> None:
     behavior = next((seg for seg in step.segmentations if seg.name == "behavior"), None)
     if behavior is not None:
         behavior.min_learned = 0
-        behavior.load(orjson.loads(path.read_bytes()))
+        snapshot = orjson.loads(path.read_bytes())
+        behavior.load(snapshot)
+        if step.predictions is not None:  # and predict with its BG/NBD and Gamma-Gamma fits
+            step.predictions.load(snapshot.get("predictive"), snapshot["version"])
 
 
 def step_phase(ctx: Context) -> dict[str, Any]:
@@ -552,16 +576,20 @@ def step_phase(ctx: Context) -> dict[str, Any]:
             changes += len(step.run(p, msgs, customers, now).changes)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     n = len(ctx.workload.records)
+    predicting = step.predictions is not None and step.predictions.ready
     out = {"events": n, "changes": changes, "cpu_s": round(cpu, 2), "seconds": round(wall, 2),
-           "ev_per_cpu_s": round(n / max(cpu, 1e-9)), "us_per_event": round(1e6 * cpu / n, 1)}
+           "ev_per_cpu_s": round(n / max(cpu, 1e-9)), "us_per_event": round(1e6 * cpu / n, 1),
+           "predictions": predicting}
     print(f"  step       {out['ev_per_cpu_s']:9,} ev per CPU-s ({out['us_per_event']} µs an "
-          f"event, {changes:,} changes; no Kafka)", flush=True)
+          f"event, {changes:,} changes; predictions {'on' if predicting else 'off'}; no Kafka)",
+          flush=True)
     return out
 
 
 def _make_step(s: Any) -> Any:
     """The worker's step, built from settings as the worker builds it (stream_app.app)."""
     from stream_app.events.parse import Limits
+    from stream_app.predictive.live import LivePredictions
     from stream_app.processing import Step
     from stream_app.segmentation.registry import build_segmentations
     from stream_app.state.customer import StateConfig
@@ -575,7 +603,9 @@ def _make_step(s: Any) -> Any:
                                          cart_abandon_after_s=s.cart_abandon_after_s,
                                          dedupe_window=s.dedupe_window),
                 sample_every_s=86400.0 if any(seg.name == "behavior" for seg in segmentations)
-                else None)
+                else None,
+                predictions=LivePredictions() if s.predictions and any(
+                    seg.name == "behavior" for seg in segmentations) else None)
 
 
 async def drain_phase(ctx: Context, system: str, workers: int = 1) -> Drain:
@@ -1152,6 +1182,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--customers", type=int, default=10_000, help="simulated customers")
     ap.add_argument("--days", type=float, default=60.0, help="days of simulated history")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--buyers", type=int, default=0,
+                    help="add this many customers whose orders follow BG/NBD + Gamma-Gamma "
+                         "(for the predictions to have a valid fit)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--phases", default="step,baseline,worker1,worker2,latency,rss",
                     help="comma-separated subset of step,baseline,worker1,worker2,latency,rss,"
@@ -1197,7 +1230,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
           f"({results['machine']['cpu']}), load {results['machine']['load_avg_at_start']}",
           flush=True)
     t = time.perf_counter()
-    wl = make_workload(args.events, args.customers, args.days, args.seed)
+    wl = make_workload(args.events, args.customers, args.days, args.seed, args.buyers)
     print(f"  workload: {len(wl.records):,} events, {wl.customers:,} customers "
           f"({time.perf_counter() - t:.1f}s to simulate)", flush=True)
     results["workload"] = {"events": len(wl.records), "customers": wl.customers}

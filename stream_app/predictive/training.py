@@ -24,6 +24,11 @@ When it fits (:meth:`PredictiveTrainer.due`, at event time ``now``, the latest `
   far less than their sampling error. Also when the sample grew by 25 % (a young,
   fast-growing base). A fit of 300,000 customers takes about a second on 2 cores; a
   two-year replay refits ~730 times.
+* and, once a fit passed, at most once per ``min_interval_s`` (60) seconds of the caller's
+  clock (the worker's wall clock): a replay of history crosses a day of event time every few
+  hundred milliseconds, and refitting (and re-scoring every customer with the new
+  parameters) at each would cost the worker more than the events (a year replayed in 40 s
+  refitted ~365 times); live, a day of event time takes a day, and this never binds;
 * after a restart with fits to keep (from the checkpoint, or the last snapshot), not
   before the sample has been filling for a day of event time: the sample is not checkpointed (300,000 summaries would be
   ~15 MB, over Kafka's 1 MB message limit), and the customers sampled first after a
@@ -65,8 +70,10 @@ def sample_fields(customer_id: str, summary: PurchaseSummary, at: float) -> dict
 
 
 class PredictiveTrainer:
-    def __init__(self, capacity: int = SAMPLE_SIZE) -> None:
+    def __init__(self, capacity: int = SAMPLE_SIZE, min_interval_s: float = 60.0) -> None:
         self.capacity = capacity
+        self.min_interval_s = min_interval_s
+        self.fitted_clock: float | None = None  # the caller's clock at the last passing fit
         self.threshold = _FULL  # customers with a key below it are in the sample
         self._row: dict[int, int] = {}
         self._cols = np.zeros((4, 1024))  # first_day, last_day, repeats, repeat_value
@@ -131,21 +138,27 @@ class PredictiveTrainer:
         return x, t_x, T, m_x
 
     # --- fitting ---------------------------------------------------------------------------
-    def due(self) -> bool:
+    def due(self, clock: float | None = None) -> bool:
+        """Whether a fit is due; ``clock``: the caller's clock (seconds), for the floor."""
         n = len(self._row)
         if n < MIN_CUSTOMERS:
             return False
         if self.bgnbd is None:
             return n >= self.attempted_at_size * 1.1
+        if (clock is not None and self.fitted_clock is not None
+                and clock - self.fitted_clock < self.min_interval_s):
+            return False
         assert self.filling_since is not None
         if self.restored and self.now - self.filling_since < DAY_S:
             return False
         return (math.floor(self.now / DAY_S) != self.fitted_day
                 or n >= self.fitted_size * 1.25)
 
-    def maybe_fit(self) -> bool:
-        """Fit both models if due; True when a new BG/NBD or Gamma-Gamma fit passed."""
-        if not self.due():
+    def maybe_fit(self, clock: float | None = None) -> bool:
+        """Fit both models if due; True when a new BG/NBD or Gamma-Gamma fit passed.
+        ``clock``: the caller's clock in seconds (the worker's wall clock), for the floor of
+        ``min_interval_s`` between refits; None: no floor."""
+        if not self.due(clock):
             return False
         now = self.now
         started = time.perf_counter()  # how long fits take (for logs), not event time
@@ -159,6 +172,7 @@ class PredictiveTrainer:
         changed = False
         if bg.ok:
             self.bgnbd, changed, self.restored = bg, True, False
+            self.fitted_clock = clock
             self.fitted_day, self.fitted_size = math.floor(now / DAY_S), len(self._row)
         if gg.ok and self.bgnbd is not None:
             self.gamma_gamma, changed = gg, True

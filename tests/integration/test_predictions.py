@@ -11,6 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
+from stream_app.predictive import BgNbdParams, GammaGammaParams
+from stream_app.predictive.simulate import order_events
+
 from .conftest import read_topic, send, wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,22 +34,8 @@ def order(cid: str, mid: str, day: float, amount: float) -> dict:
 def population(n: int, seed: int = 7) -> list[dict]:
     """Customers buying as BG/NBD says (r 0.8, alpha 20 days, a 0.8, b 4), spending as
     Gamma-Gamma (p 6, q 4, v 15): orders over days 0..END_DAY, in time order."""
-    rng = np.random.default_rng(seed)
-    events = []
-    for i in range(n):
-        cid = f"c{i:04d}"
-        lam, drop = rng.gamma(0.8, 1 / 20.0), rng.beta(0.8, 4.0)
-        mean = 1.0 / rng.gamma(4.0, 1 / 15.0) * 6.0  # p / nu, nu ~ Gamma(q, rate v)
-        day = float(rng.uniform(0, 200))
-        k = 0
-        while day <= END_DAY:
-            events.append(order(cid, f"{cid}-{k}", day, rng.gamma(6.0, mean / 6.0)))
-            if k >= 1 and rng.random() < drop:  # drops out after a repeat purchase
-                break
-            k += 1
-            day += rng.exponential(1 / lam)
-    events.sort(key=lambda e: e["timestamp"])
-    return events
+    return order_events(n, START.timestamp(), END_DAY, BgNbdParams(0.8, 20.0, 0.8, 4.0),
+                        GammaGammaParams(6.0, 4.0, 15.0), np.random.default_rng(seed), "c")
 
 
 def retention_changes(broker, expect: int) -> list[dict]:
@@ -93,6 +82,9 @@ def test_predictions_fitted_in_the_stream_move_and_drive_retention(broker, worke
 
     missing = [cid for cid in sorted(buyers) if (predicted(cid) or {}).get("p_alive") is None]
     assert not missing, f"{len(missing)} customers with orders without predictions"
+    panel = w.get("/predictions/distribution").json()  # the dashboard's
+    assert panel["customers"] == len(buyers) and sum(panel["p_alive"]["counts"]) == len(buyers)
+    assert isinstance(panel["version"], int) and panel["by_segment"]
     mover = w.get("/customers/mover").json()
     assert mover["predictions"]["expected_orders_30d"] > 1
     assert mover["features"]["p_alive"] == mover["predictions"]["p_alive"]  # a rule feature

@@ -117,8 +117,12 @@ def test_refits_once_a_day_of_event_time_or_when_the_sample_grows_by_a_quarter()
     later = dict(samples[0])
     later[AT] = float(later[AT]) + DAY  # type: ignore[arg-type]
     trainer.observe(later)  # event time reaches the next day
-    assert trainer.due() and trainer.maybe_fit()
+    assert trainer.due() and trainer.maybe_fit(clock=1000.0)
     assert trainer.bgnbd.fitted_at == fitted_at + DAY  # type: ignore[union-attr]
+    # a replay crosses days of event time in moments: at most one refit a minute of clock
+    later[AT] = float(later[AT]) + DAY  # type: ignore[arg-type]
+    trainer.observe(later)
+    assert trainer.due() and not trainer.due(clock=1059.0) and trainer.due(clock=1060.0)
 
 
 def test_a_failed_or_too_small_fit_keeps_the_previous_parameters() -> None:

@@ -187,7 +187,7 @@ class Trainer:
     def maybe_snapshot(self, now: float) -> dict[str, Any] | None:
         """A new snapshot if one is due and the model has segments, else ``None``."""
         s = self.settings
-        if self.predictive is not None and self.predictive.maybe_fit():
+        if self.predictive is not None and self.predictive.maybe_fit(float(now)):
             self._fit_unpublished = True
         if self.since_snapshot == 0 and not self._fit_unpublished:
             return None
