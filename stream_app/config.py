@@ -189,6 +189,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_output_topics(self) -> Settings:
+        # the compacted memberships topic must not be one of the event logs: compaction would
+        # drop their records, their records would read as memberships
+        for name in ("input_topic", "dlq_topic", "changes_topic"):
+            if self.memberships_topic == getattr(self, name):
+                raise ValueError(f"SEGMENTER_MEMBERSHIPS_TOPIC must differ from "
+                                 f"SEGMENTER_{name.upper()} ({self.memberships_topic})")
+        return self
+
+    @model_validator(mode="after")
     def _check_clusters(self) -> Settings:
         if self.clusters_max and not 2 <= self.clusters_min <= self.clusters_max:
             raise ValueError(

@@ -63,6 +63,8 @@ def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     ("SEGMENTER_PARTITIONS", "2000"),
     ("SEGMENTER_APP_ID", "bad id"),
     ("SEGMENTER_INPUT_TOPIC", "bad topic!"),
+    ("SEGMENTER_MEMBERSHIPS_TOPIC", "bad topic!"),
+    ("SEGMENTER_MEMBERSHIPS_TOPIC", "segment-changes"),
     ("SEGMENTER_LOG_LEVEL", "verbose"),
     ("SEGMENTER_STORE", "redis"),
     ("SEGMENTER_SECURITY_PROTOCOL", "TLS"),
