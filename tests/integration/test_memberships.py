@@ -223,3 +223,63 @@ def test_members_paged_across_two_workers_and_exported(broker, worker_factory, p
                           "--url", w2.base_url], env={**env, "SEGMENTER_API_TOKEN": "wrong"},
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "invalid token" in bad.stderr
+
+
+def test_memberships_after_kill_9_equal_the_state_and_repeat_only_exact_copies(
+        broker, worker_factory, producer, tmp_path):
+    """A worker killed mid-stream replays what it had not stored: the memberships records of
+    those batches are written again, the same bytes; the compacted topic ends equal to the
+    state. Offsets committed every second, so the kills land on uncommitted work."""
+    import time
+
+    rounds = 30
+    defs = tmp_path / "segments.yaml"
+    # a segment per order count: every order moves every customer, one record each time
+    defs.write_text(DEFINITIONS + "  - name: level\n    segments:\n" + "".join(
+        f"      - {{id: o{n}, name: Level {n}, when: {{feature: orders, \">=\": {n}}}}}\n"
+        for n in range(rounds, 0, -1)))
+    w = worker_factory(segments_file=str(defs), commit_interval_s="1", **QUIET).start()
+    customers = [f"k-{i:02d}" for i in range(40)]
+    kills = 0
+    for r in range(rounds):  # each customer's revenue grows 10 a round: small, then big
+        for cid in customers:
+            doc = order(cid, f"{cid}-{r}", 10)
+            doc["timestamp"] = f"2026-05-01T10:{r:02d}:00Z"
+            send(producer, doc, key=cid.encode())
+        producer.flush()
+        time.sleep(0.15)
+        if r in (9, 19):
+            w.kill()
+            kills += 1
+            w.start()
+    assert kills == 2
+
+    def done() -> bool:
+        return all((r := w.get(f"/customers/{cid}")).status_code == 200
+                   and r.json()["features"]["orders"] == rounds for cid in customers)
+
+    wait_for(done, timeout=90, what="every order applied once")
+    expected = {cid: segments_of(w, cid) for cid in customers}
+    assert all(segs == {"spend": "big", "level": f"o{rounds}"} for segs in expected.values())
+
+    records = read_topic(broker, "segment-memberships", expect=rounds * len(customers))
+    assert compacted_segments(records) == expected
+    assert all(set(orjson.loads(r.value)["segments"]) == {"spend", "visits", "level"}
+               for r in records)
+    by_key: dict[bytes, list[bytes]] = {}
+    repeats = 0
+    for rec in records:
+        by_key.setdefault(rec.key, []).append(rec.value)
+    for key, values in by_key.items():
+        times = [orjson.loads(v)["updated_at"] for v in values]
+        assert times == sorted(times), key  # never back in time, even across the kills
+        for a, b in zip(values, values[1:], strict=False):
+            if orjson.loads(a)["updated_at"] == orjson.loads(b)["updated_at"]:
+                assert a == b, key  # a repeat is an exact copy
+                repeats += 1
+    print(f"\n{len(records)} memberships records, {repeats} repeats after {kills} kills")
+
+
+def compacted_segments(records: list[Any]) -> dict[str, dict[str, str]]:
+    return {cid: {k: v for k, v in doc["segments"].items() if v}
+            for cid, doc in compacted(records).items()}
