@@ -176,3 +176,29 @@ def test_a_backfill_under_new_definitions_rewrites_the_records() -> None:
     for doc in docs.values():
         validator("segment-membership.schema.json").validate(doc)
     assert step.backfill(0, table, sorted(table), WALL).memberships == []  # nothing left
+
+
+def test_member_list_cursors_round_trip_and_bad_input_is_named() -> None:
+    import pytest
+
+    from stream_app.web.members import (
+        MAX_CURSOR,
+        MAX_LIMIT,
+        BadRequest,
+        decode_cursor,
+        encode_cursor,
+        parse_query,
+    )
+
+    for cid in ("u-1", "anonymous_id:a/b?c=d", "Zoë-✓", "x" * 269):
+        cursor = encode_cursor(cid)
+        assert decode_cursor(cursor) == cid and len(cursor) <= MAX_CURSOR
+        assert parse_query({"cursor": cursor}) == (100, cid)
+    assert parse_query({}) == (100, None) and parse_query({"limit": "1000"}) == (1000, None)
+    for query, named in (({"limit": "0"}, "limit"), ({"limit": str(MAX_LIMIT + 1)}, "limit"),
+                         ({"limit": "1e3"}, "limit"), ({"cursor": "%%%"}, "cursor"),
+                         ({"cursor": "a" * (MAX_CURSOR + 1)}, "cursor"),
+                         ({"cursor": encode_cursor("x")[:-1] + "!"}, "cursor"),
+                         ({"cursor": "_-8"}, "cursor")):  # valid base64url, not UTF-8
+        with pytest.raises(BadRequest, match=named):
+            parse_query(query)
