@@ -18,7 +18,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 def read_to_end(consumer, topic, on_record):
     """Every record of ``topic`` from its beginning to (at least) its end as of now."""
-    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    numbers = consumer.partitions_for_topic(topic)
+    if not numbers:
+        raise SystemExit(f"no topic {topic} on this cluster")
+    parts = [TopicPartition(topic, p) for p in sorted(numbers)]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
     end = consumer.end_offsets(parts)
