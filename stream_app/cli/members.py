@@ -65,7 +65,12 @@ def members(
     client = httpx.Client(base_url=base, headers=headers, timeout=30)
     total = _size(client, segmentation, segment)
     path = f"/segments/{quote(segmentation, safe='')}/{quote(segment, safe='')}/members"
-    sink: IO[str] = out.open("w", newline="") if out is not None else sys.stdout
+    try:
+        sink: IO[str] = out.open("w", newline="") if out is not None else sys.stdout
+    except OSError as exc:
+        client.close()
+        console.print(f"[red]segmenter members:[/] cannot write {out}: {exc.strerror}")
+        raise typer.Exit(2) from None
     written = 0
     try:
         writer = csv.writer(sink) if kind is Format.csv else None

@@ -202,3 +202,16 @@ def test_member_list_cursors_round_trip_and_bad_input_is_named() -> None:
                          ({"cursor": "_-8"}, "cursor")):  # valid base64url, not UTF-8
         with pytest.raises(BadRequest, match=named):
             parse_query(query)
+
+
+def test_members_export_to_an_unwritable_file_says_so(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stream_app.cli.main import cli
+
+    out = tmp_path / "missing-dir" / "big.csv"
+    result = CliRunner().invoke(cli, ["members", "spend", "big", "--out", str(out),
+                                      "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    said = result.output.replace("\n", "")  # rich wraps long lines
+    assert f"cannot write {out}: No such file or directory" in said
