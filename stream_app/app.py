@@ -23,11 +23,13 @@ from .events.parse import Limits
 from .health import PROBE_INTERVAL_S, BrokerWatch
 from .kafka.batching import BatchSink, OutputBatcher
 from .kafka.clients import faust_credentials
+from .kafka.codecs import register as register_codecs
 from .kafka.tables import WriteBehind
 from .kafka.transport import aiokafka_producer, committed_offset, send_now
 from .metrics import Metrics
 from .predictive.live import LivePredictions
 from .processing import (
+    TICK_CHUNK,
     HeldWrites,
     Step,
     StepResult,
@@ -43,11 +45,7 @@ from .web.timeseries import Sampler
 
 log = logging.getLogger(__name__)
 
-GC_THRESHOLDS = (50_000, 20, 100)
-# Customers re-evaluated by a time tick between turns of the event loop: ~40 µs each, and
-# batches wait meanwhile (chunks of 2000 held them up for ~80 ms each, a p99 spike of 300 ms
-# at 1,000 ev/s, segmenter bench --phases latency)
-TICK_CHUNK = 200  # gc.set_threshold: young, middle, old generations
+GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold: young, middle, old generations
 
 # per partition database of each table
 ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 1024**2, "max_write_buffer_number": 2,
@@ -59,7 +57,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, segmentations: list[Segmentation] | None = None,
                  definitions: Any = None) -> None:
-        codec.register()
+        register_codecs()
         self.settings = s = settings
         self.segmentations: list[Segmentation] = list(segmentations or [])
         self.behavior = next((seg for seg in self.segmentations if seg.name == "behavior"), None)
@@ -394,7 +392,7 @@ class Runtime:
 
     def _recount(self, assigned: list[int]) -> None:
         """Count segment members of the assigned partitions from the table (after rebalances)."""
-        from .kafka.routing import partition_of
+        from .routing import partition_of
 
         owned = set(assigned)
         sizes: dict[int, dict[str, Counter[str]]] = {p: {} for p in owned}
@@ -418,7 +416,7 @@ class Runtime:
         now = self.event_time_now()
         if not self.step.timed or not now or not self.ready():
             return
-        from .kafka.routing import partition_of
+        from .routing import partition_of
 
         n = self.settings.partitions
         owned = set(self._assigned())

@@ -288,11 +288,10 @@ async def rescore_all(rt: Runtime, behavior: BehaviorSegmentation,
     segmentations = segmentations if segmentations is not None else [behavior]
     from collections import defaultdict
 
-    from .app import TICK_CHUNK
     from .kafka.batching import OutputBatcher
-    from .kafka.routing import partition_of
-    from .processing import HeldWrites
+    from .processing import TICK_CHUNK, HeldWrites
     from .rescoring import rescore
+    from .routing import partition_of
 
     n = rt.settings.partitions
     owned = set(rt._assigned())

@@ -336,10 +336,9 @@ class Backfill:
 
 async def backfill_all(rt: Runtime) -> dict[str, Any]:
     """One pass over the customers of this worker's partitions (see :class:`Backfill`)."""
-    from .app import TICK_CHUNK
     from .kafka.batching import OutputBatcher
-    from .kafka.routing import partition_of
-    from .processing import HeldWrites
+    from .processing import TICK_CHUNK, HeldWrites
+    from .routing import partition_of
 
     started = time.monotonic()
     version = rt.step.definitions_version

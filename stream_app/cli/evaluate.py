@@ -32,7 +32,7 @@ def evaluate(
 
     from .. import replay as rp
     from ..evaluation import Evaluation, EvaluationSettings, trainer_settings
-    from .main import settings_or_exit
+    from .common import settings_or_exit
 
     console = Console(stderr=True)
     settings = settings_or_exit()

@@ -12,7 +12,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ..config import SettingsError, load_settings
+from ..config import SettingsError
+from .common import console, settings_or_exit
 
 cli = typer.Typer(
     name="segmenter",
@@ -21,15 +22,6 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-
-
-def settings_or_exit(**overrides: object):  # type: ignore[no-untyped-def]
-    try:
-        return load_settings(**overrides)
-    except SettingsError as exc:
-        console.print(f"[bold red]segmenter:[/] {exc}")
-        raise typer.Exit(2) from None
 
 
 @cli.command()

@@ -34,7 +34,6 @@ import zlib
 from typing import Any
 
 import orjson
-from faust.serializers import codecs
 
 from ..predictive.summary import PurchaseSummary, from_orders, utc_day
 from .customer import FIELD_NAMES, MAX_RECENT_ORDERS, Clock, CustomerState, Entry, Erased, Link
@@ -233,43 +232,3 @@ def _unpack_segments(packed: Any, aux_slot: Any) -> tuple[dict[str, str], dict[s
 
 def to_json(state: CustomerState) -> dict[str, Any]:
     return {name: getattr(state, name) for name in FIELD_NAMES}
-
-
-class StateCodec(codecs.Codec):
-    """Faust codec for the customer table (changelog and rocksdb values).
-
-    Faust writes a deleted key's tombstone through its raw codec as ``b""``, so an empty
-    value reads back as None (absent).
-    """
-
-    def _dumps(self, obj: Any) -> bytes:
-        return dumps(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return loads(s) if s else None
-
-
-class JsonCodec(codecs.Codec):
-    """orjson for internal topics and small tables (no pickle anywhere)."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return orjson.loads(s)
-
-
-class Utf8Codec(codecs.Codec):
-    """Table keys: customer ids as plain UTF-8, so key bytes match the producers' keys."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return obj.encode() if isinstance(obj, str) else bytes(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return s.decode() if s else None
-
-
-def register() -> None:
-    codecs.register("customer-state", StateCodec())
-    codecs.register("orjson", JsonCodec())
-    codecs.register("utf8", Utf8Codec())

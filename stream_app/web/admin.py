@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from faust.web import Request, Response, View
 
-from ..kafka import routing
+from .. import routing
 from .access import Gate
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ import pytest
 
 from stream_app.events import interaction as ix
 from stream_app.events.interaction import Interaction
+from stream_app.kafka import codecs as faust_codecs
 from stream_app.state import codec
 from stream_app.state.customer import (
     FIELD_NAMES,
@@ -106,7 +107,7 @@ def test_unsupported_layouts_are_refused(data: bytes) -> None:
 
 
 def test_state_codec_reads_a_tombstone_as_absent() -> None:
-    c = codec.StateCodec()
+    c = faust_codecs.StateCodec()
     state = typical_customer()
     assert c.loads(c.dumps(state)) == state
     assert c.dumps(state) == codec.dumps(state)
@@ -114,10 +115,10 @@ def test_state_codec_reads_a_tombstone_as_absent() -> None:
 
 
 def test_key_and_json_codecs() -> None:
-    keys = codec.Utf8Codec()
+    keys = faust_codecs.Utf8Codec()
     assert keys.dumps("ü-1") == "ü-1".encode() and keys.loads("ü-1".encode()) == "ü-1"
     assert keys.dumps(b"raw") == b"raw" and keys.loads(b"") is None
-    js = codec.JsonCodec()
+    js = faust_codecs.JsonCodec()
     assert js.loads(js.dumps({"a": [1, 2.5, None]})) == {"a": [1, 2.5, None]}
 
 
@@ -145,7 +146,7 @@ def test_v1_states_are_still_read(make) -> None:  # type: ignore[no-untyped-def]
     assert dataclasses.replace(back, purchases=state.purchases) == state
     # the summary is rebuilt from recent_orders, as for a v3 record
     assert back.purchases == codec.loads(_as_v3(state)).purchases
-    assert codec.StateCodec().loads(v1_bytes(state)) == back
+    assert faust_codecs.StateCodec().loads(v1_bytes(state)) == back
 
 
 def test_large_states_are_compressed() -> None:
@@ -180,7 +181,7 @@ def test_packings_fall_back_when_they_would_not_read_back_exactly() -> None:
 
 def test_state_codec_is_the_v2_codec() -> None:
     state = busy_customer()
-    c = codec.StateCodec()
+    c = faust_codecs.StateCodec()
     assert c.dumps(state) == codec.dumps(state) and c.loads(c.dumps(state)) == state
 
 

@@ -13,11 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
+from stream_app import routing
 from stream_app.events import parse
 from stream_app.events.interaction import ANON_PREFIX
 from stream_app.events.models import SegmentChange
-from stream_app.kafka import routing
-from stream_app.kafka.routing import partition_for
 from stream_app.processing import (
     Change,
     Message,
@@ -27,6 +26,7 @@ from stream_app.processing import (
     dead_letter_headers,
     event_clock,
 )
+from stream_app.routing import partition_for
 from stream_app.segmentation.base import Decision, Segmentation, change_id
 from stream_app.state import codec
 from stream_app.state.customer import DAY, CustomerState, Erased, Link, StateConfig

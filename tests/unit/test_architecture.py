@@ -1,0 +1,46 @@
+"""Architecture rules (import-linter contracts in pyproject.toml, ``[tool.importlinter]``).
+
+- the core (processing, routing, state, segmentation, predictive, events) imports nothing of
+  faust, mode, aiokafka or kafka-python, nor the host above it;
+- layers point down: cli > worker > app > web / modeling / redefinition > kafka > processing;
+- no import cycles between the modules and packages of ``stream_app``.
+
+Private members of faust / mode / aiokafka: tests/unit/test_privates.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess[str]:
+    # the checked tree's own package first on the path: grimp imports it to find its files
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from importlinter.cli import lint_imports; sys.exit(lint_imports())")
+    return subprocess.run([sys.executable, "-c", code, str(root)], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_import_contracts_are_kept() -> None:
+    run = _lint(ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "3 kept, 0 broken" in run.stdout
+
+
+def test_a_core_module_importing_faust_breaks_the_contract(tmp_path: Path) -> None:
+    """The contracts are not vacuous: the same tree with one Faust import in the core, and
+    one upward import from the core into the host, fails, naming both."""
+    shutil.copytree(ROOT / "stream_app", tmp_path / "stream_app",
+                    ignore=shutil.ignore_patterns("__pycache__", "static"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    core = tmp_path / "stream_app" / "state" / "customer.py"
+    core.write_text(core.read_text() + "\nimport faust  # noqa\nfrom .. import app  # noqa\n")
+    run = _lint(tmp_path)
+    assert run.returncode != 0
+    assert "stream_app.state.customer -> faust" in run.stdout
+    assert "stream_app.state.customer -> stream_app.app" in run.stdout
