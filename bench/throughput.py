@@ -532,8 +532,8 @@ def _step_batches(ctx: Context, settings: Any, now: float
                   ) -> dict[int, list[tuple[int, list[Any]]]]:
     """The workload as the worker sees it when draining: per partition, batches of up to
     ``batch_size / partitions`` messages."""
-    from stream_app.kafka.routing import partition_for
     from stream_app.processing import Message
+    from stream_app.routing import partition_for
 
     by_partition: dict[int, list[Message]] = {}
     for i, (key, value) in enumerate(ctx.workload.records):
@@ -701,7 +701,7 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
     """Produce at ``rate`` into a running worker; time input record -> segment change."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    from stream_app.kafka.routing import partition_for
+    from stream_app.routing import partition_for
 
     args = ctx.args
     run_dir = ctx.workdir / f"latency-{rate:.0f}"
