@@ -71,7 +71,6 @@ class Runtime:
         # customers per segment on this worker: {partition: {segmentation: {segment: n}}}
         self.sizes: dict[int, dict[str, Counter[str]]] = {}
         self._sizes_generation = -1
-        self.broker_stalled_since: float | None = None
         # Held while a batch (or a time tick) is between reading and writing the tables.
         self.state_lock = asyncio.Lock()
         self.broker_watch = BrokerWatch(s, self.metrics)  # /health "broker", stall metric
@@ -193,11 +192,6 @@ class Runtime:
             # full ones. Fewer of both; the cycles they exist for are rare here.
             gc.set_threshold(*GC_THRESHOLDS)
             await sink.run()
-
-    async def handle(self, events: list[Any]) -> None:
-        """Process one batch of Faust events (any mix of partitions and topics)."""
-        settlement = await self.handle_messages([ev.message for ev in events])
-        await settlement
 
     async def handle_messages(self, batch: list[Any]) -> Awaitable[Any]:
         """Process one batch of Kafka messages (any mix of partitions and topics).

@@ -44,11 +44,10 @@ SUPPORT = "support_contact"
 IDENTIFY = "identify"
 ALIAS = "alias"
 CUSTOM = "custom"
-ERASE = "erase"
 
 KINDS = (
     PAGE_VIEW, SCREEN_VIEW, PRODUCT_VIEW, CART_ADD, CART_REMOVE, CHECKOUT, ORDER, REFUND,
-    EMAIL_OPEN, EMAIL_CLICK, EMAIL_UNSUBSCRIBE, SUPPORT, IDENTIFY, ALIAS, CUSTOM, ERASE,
+    EMAIL_OPEN, EMAIL_CLICK, EMAIL_UNSUBSCRIBE, SUPPORT, IDENTIFY, ALIAS, CUSTOM,
 )
 
 # Spec track-event names (lower-cased) -> kind. Other names are kept as custom events.

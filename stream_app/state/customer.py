@@ -1,4 +1,4 @@
-"""Per-customer state and its pure update: ``apply(state, interaction) -> state``.
+"""Per-customer state and its update: ``apply_in_place(state, interaction, cfg)``.
 
 Everything here is event-time based and order-insensitive where it can be: decayed sums are
 kept relative to a reference time and folded in exactly whatever order events come in, so a
@@ -141,30 +141,6 @@ def new_state(rec: Interaction) -> CustomerState:
     return CustomerState(customer_id=rec.customer_id,
                          anonymous=rec.user_id is None,
                          first_seen=rec.ts, last_seen=rec.ts, decay_ref=rec.ts)
-
-
-def apply(state: CustomerState | None, rec: Interaction, cfg: StateConfig = StateConfig()
-          ) -> CustomerState:
-    """Pure: return the state after ``rec``; ``state`` is not modified."""
-    out = new_state(rec) if state is None else state.copy()
-    apply_in_place(out, rec, cfg)
-    return out
-
-
-def apply_many(state: CustomerState | None, recs: list[Interaction],
-               cfg: StateConfig = StateConfig()) -> tuple[CustomerState | None, int]:
-    """Pure: fold ``recs`` into a copy of ``state``; returns (state, how many were applied)."""
-    out: CustomerState | None = None if state is None else state.copy()
-    applied = 0
-    for rec in recs:
-        if out is None:
-            out = new_state(rec)
-        applied += apply_in_place(out, rec, cfg)
-    return out, applied
-
-
-def is_duplicate(state: CustomerState, message_id: str) -> bool:
-    return message_digest(message_id) in state.seen
 
 
 def apply_in_place(s: CustomerState, rec: Interaction, cfg: StateConfig) -> bool:

@@ -18,9 +18,10 @@ from stream_app.state.customer import (
     MAX_CHANNELS,
     MAX_RECENT_ORDERS,
     CustomerState,
-    apply_many,
     merge,
 )
+
+from .statefold import apply_many
 
 T0 = 1_700_000_000.0
 CATEGORIES = ["electronics", "home & garden", "books", "toys", "sports", "beauty", "grocery",

@@ -20,12 +20,11 @@ from stream_app.state.customer import (
     MAX_RECENT_ORDERS,
     CustomerState,
     StateConfig,
-    apply,
-    apply_many,
-    is_duplicate,
     merge,
     message_digest,
 )
+
+from .statefold import apply, apply_many, is_duplicate
 
 T0 = 1_700_000_000.0
 MIN = 60.0
