@@ -8,8 +8,10 @@ import pytest
 
 from stream_app.events import interaction as ix
 from stream_app.events.interaction import Interaction
-from stream_app.state.customer import DAY, CustomerState, StateConfig, apply_many
+from stream_app.state.customer import DAY, CustomerState, StateConfig
 from stream_app.state.features import NEVER_DAYS, features
+
+from .statefold import apply_many
 
 T0 = 1_700_000_000.0
 

@@ -17,8 +17,10 @@ from stream_app.events.interaction import Interaction
 from stream_app.predictive import BgNbdParams, GammaGammaParams
 from stream_app.predictive.live import LivePredictions
 from stream_app.segmentation.rules import load_segmentations
-from stream_app.state.customer import DAY, CustomerState, apply_many
+from stream_app.state.customer import DAY, CustomerState
 from stream_app.state.features import features
+
+from .statefold import apply_many
 
 T0 = 1_700_000_000.0  # "now" of every case unless it says otherwise
 SEGMENTATIONS = {s.name: s for s in load_segmentations()}
