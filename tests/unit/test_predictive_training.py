@@ -290,3 +290,9 @@ def test_distribution_counts_every_predicted_customer_once_and_groups_by_segment
     assert by["c1"]["expected_revenue_90d"] == pytest.approx(
         sum(p["expected_revenue_90d"] for p in preds))  # type: ignore[misc]
     assert distribution(customers, LivePredictions(), now)["customers"] == 0
+
+
+def test_new_parameters_rescore_the_segmentations_that_read_predictions() -> None:
+    from stream_app.modeling import prediction_readers
+
+    assert [seg.name for seg in prediction_readers(load_segmentations())] == ["retention"]
