@@ -345,7 +345,9 @@ async def backfill_all(rt: Runtime) -> dict[str, Any]:
     n = rt.settings.partitions
     owned = set(rt._assigned())
     by_partition: dict[int, list[str]] = defaultdict(list)
-    for cid in list(rt.customers.keys()):  # keys only: states are read a chunk at a time
+    # keys only (states are read a chunk at a time), the staged writes' too: a customer whose
+    # state is not in the table yet was evaluated under the old definitions all the same
+    for cid in list(rt.customer_states):
         p = partition_of(cid, n)
         if p in owned:
             by_partition[p].append(cid)
