@@ -29,7 +29,7 @@ from urllib.parse import quote
 import aiohttp
 from faust.web import Request, Response, View
 
-from ..kafka.routing import partition_of
+from ..routing import partition_of
 from ..state.customer import CustomerState
 from .access import Gate
 
