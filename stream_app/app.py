@@ -30,12 +30,12 @@ from .metrics import Metrics
 from .predictive.live import LivePredictions
 from .processing import (
     TICK_CHUNK,
+    EventClock,
     HeldWrites,
     Step,
     StepResult,
     change_bytes,
     dead_letter_headers,
-    event_clock,
     membership_bytes,
 )
 from .segmentation.base import Segmentation
@@ -63,8 +63,7 @@ class Runtime:
         self.behavior = next((seg for seg in self.segmentations if seg.name == "behavior"), None)
         self.started_at = time.time()
         # per partition: max event time applied, and when (wall clock) the last event came
-        self.partition_time: dict[int, float] = {}
-        self.partition_wall: dict[int, float] = {}
+        self.clock = EventClock()
         self.stats: dict[str, int] = defaultdict(int)
         self.metrics = Metrics()
         self.sampler = Sampler(self.metrics.registry)
@@ -288,10 +287,7 @@ class Runtime:
         st["dead_letters"] += len(result.dead_letters)
         st["changes"] += len(result.changes)
         st["routed"] += len(result.routed)
-        if result.applied:
-            self.partition_wall[partition] = wall
-            self.partition_time[partition] = max(self.partition_time.get(partition, 0.0),
-                                                 result.max_event_ts)
+        self.clock.observe(partition, result, wall)
 
     def _account(self, result: StepResult, partition: int) -> None:
         m = self.metrics
@@ -316,7 +312,7 @@ class Runtime:
     @property
     def watermark(self) -> float:
         """The largest event time applied on any partition here (shown in /health)."""
-        return max(self.partition_time.values(), default=0.0)
+        return self.clock.watermark
 
     def event_time_now(self, wall: float | None = None) -> float:
         """The worker's clock for time ticks: event time, robust to one skewed producer.
@@ -330,8 +326,7 @@ class Runtime:
         customers, while a replay of history keeps its own time.
         """
         wall = time.time() if wall is None else wall
-        return event_clock(self.partition_time, self.partition_wall, wall,
-                           self.settings.idle_advance_after_s)
+        return self.clock.now(wall, self.settings.idle_advance_after_s)
 
     def _declare_timers(self) -> None:
         s = self.settings

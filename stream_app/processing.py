@@ -963,6 +963,34 @@ def event_clock(partition_time: Mapping[int, float], partition_wall: Mapping[int
     return min(wall, base + max(0.0, wall - last_wall - idle_after_s))
 
 
+class EventClock:
+    """A worker's event-time bookkeeping: for each partition, the largest event time applied
+    on it and when (wall clock) its last event was applied; :meth:`now` is
+    :func:`event_clock` over them. The host observes every step's result; the model-based
+    test (tests/unit/test_model.py) drives its ticks with the same object."""
+
+    __slots__ = ("partition_time", "partition_wall")
+
+    def __init__(self) -> None:
+        self.partition_time: dict[int, float] = {}
+        self.partition_wall: dict[int, float] = {}
+
+    def observe(self, partition: int, result: StepResult, wall: float) -> None:
+        """Account one step's result on ``partition``: only applied events move time."""
+        if result.applied:
+            self.partition_wall[partition] = wall
+            self.partition_time[partition] = max(self.partition_time.get(partition, 0.0),
+                                                 result.max_event_ts)
+
+    @property
+    def watermark(self) -> float:
+        """The largest event time applied on any partition (shown in /health)."""
+        return max(self.partition_time.values(), default=0.0)
+
+    def now(self, wall: float, idle_after_s: float) -> float:
+        return event_clock(self.partition_time, self.partition_wall, wall, idle_after_s)
+
+
 def change_bytes(change: Change) -> bytes:
     return orjson.dumps(change.record)
 

@@ -51,6 +51,17 @@ class Reference:
         self.owner: dict[str, str] = {}
         self.data: dict[str, dict[str, Any]] = {}  # root -> {"ids": set, "orders", "revenue"}
         self.dead_letters = 0
+        self.partitions = 1
+        # each partition's largest event time applied: an event is applied on the partition
+        # of the customer it belongs to when it comes (the root of its key)
+        self.partition_time: dict[int, float] = {}
+
+    def clock(self, wall: float) -> float | None:
+        """The worker's clock: the slowest partition's time (of those with events), never
+        past the wall clock; one producer's future events cannot move it."""
+        if not self.partition_time:
+            return None
+        return min(wall, min(self.partition_time.values()))
 
     def root(self, key: str) -> str:
         seen = set()
@@ -62,11 +73,14 @@ class Reference:
     def _customer(self, key: str) -> dict[str, Any]:
         return self.data.setdefault(key, {"ids": set(), "orders": 0, "revenue": 0.0})
 
-    def apply(self, key: str, mid: str, order: float | None) -> None:
-        c = self._customer(self.root(key))
+    def apply(self, key: str, mid: str, order: float | None, ts: float = T0) -> None:
+        root = self.root(key)
+        c = self._customer(root)
         if mid in c["ids"]:
             return
         c["ids"].add(mid)
+        p = routing.partition_of(root, self.partitions)
+        self.partition_time[p] = max(self.partition_time.get(p, 0.0), ts)
         if order is not None:
             c["orders"] += 1
             c["revenue"] += order
@@ -110,12 +124,15 @@ class Pipeline(RuleBasedStateMachine):
     def start(self, partitions: int, chunk: int | None) -> None:
         self.cluster = Cluster(partitions, chunk=chunk)
         self.ref = Reference()
+        self.ref.partitions = partitions
         self.n = 0  # messages sent (message ids)
         self.now = T0
 
     # --- helpers ---------------------------------------------------------------------------
-    def _ts(self, late: int) -> float:
-        return T0 - late * 3600.0  # ticks move on past it: events come late
+    def _ts(self, late: int, ahead: int = 0) -> float:
+        # ticks move on past T0: events come late; ``ahead``: a producer whose clock runs
+        # fast (hours ahead of the others, within SEGMENTER_MAX_FUTURE_SKEW_S of the wall)
+        return T0 - late * 3600.0 + ahead * 3600.0
 
     def _send(self, doc: dict[str, Any], placement: int, twice: bool) -> None:
         c = self.cluster
@@ -134,15 +151,16 @@ class Pipeline(RuleBasedStateMachine):
     # --- rules -----------------------------------------------------------------------------
     @rule(user=st.sampled_from([None, *USERS]), anon=st.sampled_from([None, *ANONS]),
           order=st.one_of(st.none(), st.integers(1, 500)), late=st.integers(0, 72),
-          placement=st.integers(0, 2), twice=st.booleans())
+          placement=st.integers(0, 2), twice=st.booleans(),
+          ahead=st.sampled_from([0, 0, 0, 30, 70]))
     def event(self, user: str | None, anon: str | None, order: int | None, late: int,
-              placement: int, twice: bool) -> None:
+              placement: int, twice: bool, ahead: int = 0) -> None:
         if user is None and anon is None:
             user = USERS[0]
         self.n += 1
         mid = f"m{self.n}"
         doc: dict[str, Any] = {"type": "track" if order else "page", "messageId": mid,
-                               "timestamp": iso(self._ts(late))}
+                               "timestamp": iso(self._ts(late, ahead))}
         if order:
             doc.update(event="Order Completed", properties={"total": float(order)})
         if user:
@@ -151,7 +169,7 @@ class Pipeline(RuleBasedStateMachine):
             doc["anonymousId"] = anon
         self._send(doc, placement, twice)
         key = user if user else ANON_PREFIX + anon  # type: ignore[operator]
-        self.ref.apply(key, mid, float(order) if order else None)
+        self.ref.apply(key, mid, float(order) if order else None, self._ts(late, ahead))
         if user and anon:
             self.ref.merge(ANON_PREFIX + anon, user)
         self.cluster.run()
@@ -172,7 +190,9 @@ class Pipeline(RuleBasedStateMachine):
         b"{nope", b'{"type":"track","event":"Order Completed"}',
         b'{"type":"page","userId":7}', b'{"type":"page","userId":"anonymous_id:x"}',
         b'{"type":"track","userId":"u1","event":"Order Completed","properties":{"total":-1}}',
-        b'{"type":"page","anonymousId":"a\\u0000b"}']), placement=st.integers(0, 1))
+        b'{"type":"page","anonymousId":"a\\u0000b"}',
+        orjson.dumps({"type": "page", "userId": "u2", "messageId": "far-future",
+                      "timestamp": iso(WALL + 3 * DAY)})]), placement=st.integers(0, 1))
     def hostile(self, bad: bytes, placement: int) -> None:
         self.cluster.send(bad, key="u1" if placement == 0 else None,
                           partition=self.n % self.cluster.n, ts=WALL)
@@ -243,6 +263,12 @@ class Pipeline(RuleBasedStateMachine):
             while type(e := c.entry(k)) is Link and hops < 10:
                 k, hops = e.target, hops + 1
             assert k == ref.root(key) or ref.root(key) not in expected, (key, k)
+
+    @invariant()
+    def the_clock_is_the_slowest_partitions_time(self) -> None:
+        """What the worker ticks at (the host's :class:`EventClock`, fed every step's
+        result) is the reference clock: a fast producer moves only its own partition."""
+        assert self.cluster.clock.now(WALL, float("inf")) == (self.ref.clock(WALL) or 0.0)
 
     @invariant()
     def every_bad_message_is_dead_lettered(self) -> None:

@@ -19,6 +19,7 @@ from stream_app.events.interaction import ANON_PREFIX
 from stream_app.events.models import SegmentChange
 from stream_app.processing import (
     Change,
+    EventClock,
     Message,
     Step,
     StepResult,
@@ -161,6 +162,7 @@ class Cluster:
         self.changes: list[Change] = []
         self.dead_letters: list[tuple[Message, parse.Rejection]] = []
         self.totals: dict[str, int] = defaultdict(int)
+        self.clock = EventClock()  # as the host keeps it, fed every step's result
 
     def produce(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
                 ts: float) -> Message:
@@ -193,7 +195,9 @@ class Cluster:
             for p in range(self.n):
                 pending, self.queues[p] = self.queues[p], []
                 for batch in chunks(pending, self.chunk):
-                    self._absorb_result(self.step.run(p, batch, self.customers[p], WALL))
+                    res = self.step.run(p, batch, self.customers[p], WALL)
+                    self.clock.observe(p, res, WALL)
+                    self._absorb_result(res)
         return rounds
 
     def _absorb_result(self, res: StepResult) -> None:
