@@ -62,7 +62,6 @@ class Runtime:
         self.segmentations: list[Segmentation] = list(segmentations or [])
         self.behavior = next((seg for seg in self.segmentations if seg.name == "behavior"), None)
         self.started_at = time.time()
-        # per partition: max event time applied, and when (wall clock) the last event came
         self.clock = EventClock()
         self.stats: dict[str, int] = defaultdict(int)
         self.metrics = Metrics()

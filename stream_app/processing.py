@@ -967,7 +967,8 @@ class EventClock:
     """A worker's event-time bookkeeping: for each partition, the largest event time applied
     on it and when (wall clock) its last event was applied; :meth:`now` is
     :func:`event_clock` over them. The host observes every step's result; the model-based
-    test (tests/unit/test_model.py) drives its ticks with the same object."""
+    test (tests/unit/test_model.py) feeds one the same way and checks it against its
+    reference after every step."""
 
     __slots__ = ("partition_time", "partition_wall")
 
