@@ -36,6 +36,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from ..events import parse
+from ..events.models import SpecEvent
 from ..events.parse import Limits, Rejection
 
 SINGLE = frozenset({"track", "identify", "page", "screen", "group", "alias"})
@@ -45,6 +46,8 @@ BATCH = frozenset({"batch", "import"})
 IGNORED = frozenset({"group"})
 
 _parse_time = TypeAdapter(datetime).validate_python  # the parser the event models use
+# The event models, as parse.decode runs them (called directly: the wrapper costs ~1 µs)
+_validate = TypeAdapter(SpecEvent).validator.validate_python
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +123,13 @@ def take(route: str, doc: dict[str, Any], *, received_at: float, limits: Limits
     batch, as in Segment's API, the valid events are taken and each invalid one is set
     aside with its reason and index (the request still succeeds).
     """
-    received = _iso(received_at)
     if route in SINGLE:
         if route in IGNORED:
             return Intake(ignored=1)
         item = dict(doc)
         item["type"] = route
         out = Intake()
-        _one(item, None, doc.get("sentAt"), received_at, received, limits, None, out)
+        _Request(None, doc.get("sentAt"), received_at, limits).one(item, None, out)
         if out.rejected:
             rej = out.rejected[0]
             return Refusal(400, rej.reason, rej.detail)
@@ -140,36 +142,106 @@ def take(route: str, doc: dict[str, Any], *, received_at: float, limits: Limits
                        f"{len(items)} events > limit {limits.max_batch_events}")
     context = doc.get("context")
     out = Intake()
+    one = _Request(context if isinstance(context, dict) else None, doc.get("sentAt"),
+                   received_at, limits).one
     for index, item in enumerate(items):
-        _one(item, context if isinstance(context, dict) else None, doc.get("sentAt"),
-             received_at, received, limits, index, out)
+        one(item, index, out)
     return out
 
 
-def _one(item: Any, batch_context: dict[str, Any] | None, batch_sent_at: Any,
-         received_at: float, received: str, limits: Limits, index: int | None,
-         out: Intake) -> None:
-    if not isinstance(item, dict):
-        _reject(out, parse.NOT_OBJECT, f"expected a JSON object, got {type(item).__name__}",
-                item, index)
-        return
-    kind = item.get("type")
-    if kind in IGNORED:
-        out.ignored += 1
-        return
-    if not isinstance(kind, str) or kind not in parse.KNOWN_TYPES:
-        # said here: without a type, a batch element holding "batch" would read as an envelope
-        _reject(out, parse.UNKNOWN_TYPE,
-                f"type {str(kind)[:40]!r} is not one of {sorted(parse.KNOWN_TYPES)}", item, index)
-        return
-    event = complete(item, batch_context, batch_sent_at, received_at, received)
-    value = orjson.dumps(event)
-    good, bad = parse.decode(value, now=received_at, fallback_ts=received_at, limits=limits)
-    if bad:
-        _reject(out, bad[0].reason, bad[0].detail, item, index)
-        return
-    rec = good[0]
-    out.records.append(((rec.user_id or rec.anonymous_id or rec.customer_id).encode(), value))
+class _Request:
+    """What the events of one request share, worked out once: the clock, the batch's
+    ``sentAt`` as a time, the batch context, the models' validation context."""
+
+    __slots__ = ("context", "ctx", "limits", "received", "received_at", "received_dt",
+                 "sent_at", "sent_dt")
+
+    def __init__(self, context: dict[str, Any] | None, sent_at: Any, received_at: float,
+                 limits: Limits) -> None:
+        self.context = context or None
+        self.sent_at = sent_at
+        self.sent_dt = None if sent_at is None else _time(sent_at)
+        self.received_at = received_at
+        self.received_dt = datetime.fromtimestamp(received_at, UTC)
+        self.received = _iso_dt(self.received_dt)
+        self.limits = limits
+        # as parse.decode builds it: the same bound on future timestamps
+        self.ctx = {"now": received_at, "max_future_skew_s": limits.max_future_skew_s}
+
+    def one(self, item: Any, index: int | None, out: Intake) -> None:
+        if not isinstance(item, dict):
+            _reject(out, parse.NOT_OBJECT,
+                    f"expected a JSON object, got {type(item).__name__}", item, index)
+            return
+        kind = item.get("type")
+        if not isinstance(kind, str) or kind not in parse.KNOWN_TYPES:
+            if isinstance(kind, str) and kind in IGNORED:  # (a list or dict is unhashable)
+                out.ignored += 1
+                return
+            # said here: without a type, a batch element holding "batch" would read as an
+            # envelope
+            _reject(out, parse.UNKNOWN_TYPE,
+                    f"type {str(kind)[:40]!r} is not one of {sorted(parse.KNOWN_TYPES)}",
+                    item, index)
+            return
+        event = self.complete(item)
+        value = orjson.dumps(event)
+        if len(value) <= self.limits.max_message_bytes:
+            # The worker's check (parse.decode) of ``value`` is: its size, then the event
+            # models on orjson.loads(value). orjson.loads(value) == event here (the body was
+            # read by orjson, which refuses what it could not write back: NaN, infinities,
+            # lone surrogates; ints stay ints, floats floats), so the models are run on
+            # ``event`` itself, saving a parse. Any event they refuse goes to parse.decode,
+            # for the worker's own reason (tests/unit/test_collector.py checks both agree).
+            try:
+                checked = _validate(event, context=self.ctx)
+            except ValidationError:
+                pass
+            else:
+                out.records.append(((checked.userId or checked.anonymousId).encode(), value))
+                return
+        good, bad = parse.decode(value, now=self.received_at, fallback_ts=self.received_at,
+                                 limits=self.limits)
+        if bad:
+            _reject(out, bad[0].reason, bad[0].detail, item, index)
+        else:  # not expected (the models refused it): the worker's verdict stands
+            rec = good[0]
+            out.records.append(((rec.user_id or rec.anonymous_id or rec.customer_id).encode(),
+                                value))
+
+    def complete(self, item: dict[str, Any]) -> dict[str, Any]:
+        """:func:`complete`, with what the request's events share computed once."""
+        event = dict(item)
+        event.pop("writeKey", None)
+        batch_context = self.context
+        if batch_context is not None:
+            own = event.get("context")
+            event["context"] = {**batch_context, **own} if isinstance(own, dict) else (
+                own if own is not None else dict(batch_context))
+        if event.get("type") == "identify" and event.get("traits") is None:
+            context = event.get("context")
+            if isinstance(context, dict) and isinstance(context.get("traits"), dict):
+                event["traits"] = context["traits"]
+        client_ts = event.get("timestamp")
+        if client_ts is None:
+            client_ts = event.get("originalTimestamp")
+        if event.get("messageId") is None:
+            event["messageId"] = _message_id(item, client_ts is not None)
+        sent_at = event.get("sentAt", self.sent_at)
+        if sent_at is not None:
+            event["sentAt"] = sent_at
+        event["receivedAt"] = self.received
+        if client_ts is None:
+            event["timestamp"] = self.received
+            return event
+        event.setdefault("originalTimestamp", client_ts)
+        corrected = None
+        if sent_at is not None:
+            sent = self.sent_dt if sent_at is self.sent_at else _time(sent_at)
+            if sent is not None:
+                corrected = _corrected(_time(client_ts), sent, self.received_dt)
+        event["timestamp"] = corrected if corrected is not None else client_ts
+        return event
 
 
 def _reject(out: Intake, reason: str, detail: str, item: Any, index: int | None) -> None:
@@ -183,48 +255,18 @@ def _reject(out: Intake, reason: str, detail: str, item: Any, index: int | None)
 
 
 def complete(item: dict[str, Any], batch_context: dict[str, Any] | None, batch_sent_at: Any,
-             received_at: float, received: str) -> dict[str, Any]:
+             received_at: float) -> dict[str, Any]:
     """``item`` as Segment's API completes it (module docstring); ``item`` is not changed."""
-    event = {k: v for k, v in item.items() if k != "writeKey"}
-    if batch_context:
-        own = event.get("context")
-        event["context"] = {**batch_context, **own} if isinstance(own, dict) else (
-            own if own is not None else dict(batch_context))
-    if event.get("type") == "identify" and event.get("traits") is None:
-        context = event.get("context")
-        if isinstance(context, dict) and isinstance(context.get("traits"), dict):
-            event["traits"] = context["traits"]
-    client_ts = event.get("timestamp")
-    if client_ts is None:
-        client_ts = event.get("originalTimestamp")
-    if event.get("messageId") is None:
-        event["messageId"] = _message_id(item, client_ts is not None)
-    sent_at = event.get("sentAt", batch_sent_at)
-    if sent_at is not None:
-        event["sentAt"] = sent_at
-    event["receivedAt"] = received
-    if client_ts is None:
-        event["timestamp"] = received
-        return event
-    event.setdefault("originalTimestamp", client_ts)
-    corrected = skew_corrected(client_ts, sent_at, received_at)
-    if corrected is not None:
-        event["timestamp"] = corrected
-    else:
-        event["timestamp"] = client_ts  # left for the parser to judge
-    return event
+    return _Request(batch_context, batch_sent_at, received_at, Limits()).complete(item)
 
 
-def skew_corrected(client_ts: Any, sent_at: Any, received_at: float) -> str | None:
-    """``receivedAt - (sentAt - timestamp)`` as ISO 8601, or None when it cannot be worked
-    out (no or unreadable ``sentAt``, unreadable timestamp)."""
-    if sent_at is None:
-        return None
-    when, sent = _time(client_ts), _time(sent_at)
-    if when is None or sent is None:
+def _corrected(when: datetime | None, sent: datetime, received: datetime) -> str | None:
+    """``received - (sent - when)`` as ISO 8601, or None when it cannot be worked out (an
+    unreadable timestamp, a skew that leaves the calendar)."""
+    if when is None:
         return None
     try:
-        return _iso_dt(datetime.fromtimestamp(received_at, UTC) - (sent - when))
+        return _iso_dt(received - (sent - when))
     except (OverflowError, ValueError):  # a skew that leaves the calendar
         return None
 
@@ -249,10 +291,6 @@ def _message_id(item: dict[str, Any], has_time: bool) -> str:
     sent = {k: v for k, v in item.items() if k not in ("writeKey", "sentAt")}
     return "api-" + hashlib.sha1(orjson.dumps(sent, option=orjson.OPT_SORT_KEYS),
                                  usedforsecurity=False).hexdigest()
-
-
-def _iso(ts: float) -> str:
-    return _iso_dt(datetime.fromtimestamp(ts, UTC))
 
 
 def _iso_dt(when: datetime) -> str:

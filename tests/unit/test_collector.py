@@ -11,11 +11,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_app.collector import intake as ix
 from stream_app.collector.body import BadEncoding, TooLarge, gunzip, read_body
 from stream_app.collector.settings import load_collector_settings
 from stream_app.config import SettingsError
+from stream_app.events import parse
 from stream_app.events.parse import Limits, decode
 
 NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -298,3 +301,92 @@ def test_rudderstack_identify_traits_from_the_context() -> None:
     (event,) = produced(take("identify", {"userId": "u", "traits": {"age": 7},
                                           "context": {"traits": {"age": 51}}}))
     assert event["traits"] == {"age": 7}  # the event's own traits win
+
+
+# --- the collector's check is the worker's ------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+_TIME = st.sampled_from(["2026-12-02T11:00:00Z", "2026-12-02T13:00:00.5+01:00", "2027-06-01",
+                         "1989-12-31T23:59:59Z", "2026-12-02 11:00", "yesterday", ""]) | _JSON
+_VALID = [
+    {"type": "track", "userId": "u-1", "event": "Order Completed", "messageId": "m-1",
+     "timestamp": "2026-12-02T11:00:00Z", "properties": {"total": 5, "currency": "EUR",
+                                                         "products": [{"price": 2}]}},
+    {"type": "identify", "anonymousId": "a-1", "traits": {"age": 30, "interests": "a,b"}},
+    {"type": "page", "userId": " u-2 ", "name": "Home", "context": {"channel": "web"},
+     "originalTimestamp": "2026-12-02T13:00:00.5+01:00"},
+    {"type": "screen", "anonymousId": "a-2", "category": "Shoes", "messageId": "m-2"},
+    {"type": "alias", "userId": "u-3", "previousId": "a-3", "timestamp": 1796000000},
+]
+_FIELDS = {
+    "type": st.sampled_from(["track", "identify", "page", "screen", "alias", "group"]),
+    "userId": st.sampled_from(["u-1", " u-2 ", "", " ", "anonymous_id:x", "a\x00", None]),
+    "anonymousId": st.sampled_from(["a-1", " ", "a" * 300]),
+    "event": st.sampled_from(["Order Completed", "Product Added", " "]),
+    "properties": st.dictionaries(st.sampled_from(
+        ["total", "price", "quantity", "products", "category", "channel", "currency"]),
+        st.sampled_from([-1, 0, 1.5, 2e9, "EUR", "eu", [{"price": -1}], [{"price": 2}]]),
+        max_size=3),
+    "traits": st.dictionaries(st.sampled_from(["age", "address", "interests", "income"]),
+                              st.sampled_from([200, 30, "a,b", {"country": "DE"}]), max_size=2),
+    "context": st.dictionaries(st.sampled_from(["channel", "traits", "locale", "ip"]),
+                               st.sampled_from(["web", {"age": 3}, ""]), max_size=2),
+    "timestamp": _TIME, "originalTimestamp": _TIME, "sentAt": _TIME,
+    "previousId": st.sampled_from(["p-1", ""]),
+    "messageId": st.sampled_from(["m-1", "", " ", None]),
+    "writeKey": st.just(KEYS[0]),
+}
+_EVENT = st.builds(
+    lambda base, changes: {**base, **changes}, st.sampled_from(_VALID),
+    st.dictionaries(st.sampled_from(sorted(_FIELDS)), st.none(), max_size=3).flatmap(
+        lambda keys: st.fixed_dictionaries({k: _FIELDS[k] | _JSON for k in keys})))
+
+
+@settings(max_examples=400, deadline=None)
+@given(items=st.lists(_EVENT | _EVENT | _JSON, max_size=6),
+       sent_at=st.none() | _TIME, context=st.none() | _JSON)
+def test_what_the_collector_takes_or_refuses_the_worker_does_too(
+        items: list, sent_at: object, context: object) -> None:
+    # The collector runs the event models on the completed event rather than on the bytes
+    # parsed back (and refused events through parse.decode): the outcome must be the
+    # worker's, event by event, on the bytes that are produced.
+    doc = {"batch": items, "sentAt": sent_at, "context": context, "writeKey": KEYS[0]}
+    result = take("batch", doc)
+    assert isinstance(result, ix.Intake)
+    records = iter(result.records)
+    rejected = {r.batch_index: r for r in result.rejected}
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == "group":
+            continue
+        if index in rejected:
+            rej = rejected[index]
+            kind = item.get("type") if isinstance(item, dict) else None
+            if isinstance(kind, str) and kind in parse.KNOWN_TYPES:
+                # (a random messageId when untimed: never part of a reason's detail)
+                event = ix.complete(item, context if isinstance(context, dict) else None,
+                                    sent_at, NOW)
+                _, bad = decode(orjson.dumps(event), now=NOW, fallback_ts=NOW)
+                assert [(b.reason, b.detail) for b in bad] == [(rej.reason, rej.detail)]
+            continue
+        key, value = next(records)
+        good, bad = decode(value, now=NOW, fallback_ts=NOW)
+        assert not bad, bad
+        assert key == (good[0].user_id or good[0].anonymous_id).encode()
+        assert orjson.loads(value)["receivedAt"] == "2026-12-02T12:00:00.000Z"
+    assert next(records, None) is None
+
+
+def test_an_event_over_the_size_limit_is_refused_as_the_worker_does() -> None:
+    big = {"type": "track", "userId": "u", "event": "x", "messageId": "m",
+           "properties": {"note": "y" * 1000}}
+    result = ix.take("batch", {"batch": [big, {**big, "properties": {}}]}, received_at=NOW,
+                     limits=Limits(max_message_bytes=600))
+    assert isinstance(result, ix.Intake)
+    assert [(r.batch_index, r.reason) for r in result.rejected] == [(0, "too_large")]
+    assert len(result.records) == 1
