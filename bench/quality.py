@@ -300,7 +300,7 @@ def _single_us(p: Pipeline, states: list[CustomerState], feats: list[dict[str, A
     """Microseconds per ``evaluate`` of one customer (no batching), final snapshot."""
     t = time.perf_counter()
     for st, f in zip(states, feats, strict=True):
-        p.seg.evaluate(st, f, 0.0, None)
+        p.seg.decide(st, f, 0.0, None, explain=True)
     return 1e6 * (time.perf_counter() - t) / max(len(states), 1)
 
 

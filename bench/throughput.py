@@ -587,25 +587,11 @@ def step_phase(ctx: Context) -> dict[str, Any]:
 
 
 def _make_step(s: Any) -> Any:
-    """The worker's step, built from settings as the worker builds it (stream_app.app)."""
-    from stream_app.events.parse import Limits
-    from stream_app.predictive.live import LivePredictions
-    from stream_app.processing import Step
+    """The worker's step, built from settings by the core as the worker builds it."""
+    from stream_app.pipeline import Pipeline
     from stream_app.segmentation.registry import build_segmentations
-    from stream_app.state.customer import StateConfig
 
-    segmentations = build_segmentations(s)
-    return Step(input_topic=s.input_topic, routed_topic=s.routed_topic, partitions=s.partitions,
-                segmentations=segmentations,
-                limits=Limits(s.max_message_bytes, s.max_batch_events, s.max_future_skew_s),
-                state_config=StateConfig(session_gap_s=s.session_gap_s,
-                                         half_life_days=s.recent_half_life_days,
-                                         cart_abandon_after_s=s.cart_abandon_after_s,
-                                         dedupe_window=s.dedupe_window),
-                sample_every_s=86400.0 if any(seg.name == "behavior" for seg in segmentations)
-                else None,
-                predictions=LivePredictions() if s.predictions and any(
-                    seg.name == "behavior" for seg in segmentations) else None)
+    return Pipeline(s, build_segmentations(s)).step
 
 
 async def drain_phase(ctx: Context, system: str, workers: int = 1) -> Drain:
@@ -939,26 +925,6 @@ def _mib(n: float) -> float:
 
 # --- the baseline loop (child process) ----------------------------------------------------------
 
-class _Recording(dict):  # type: ignore[type-arg]
-    """A dict that remembers which keys were written or deleted (the changelog to send)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: set[str] = set()
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.written.add(key)
-
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        self.written.add(key)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        self.written.add(key)
-        return super().pop(key, *default)
-
-
 async def baseline_loop(group: str, model: Path | None) -> None:
     """consume -> Step (dict state) -> produce -> commit, as plainly as aiokafka allows."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -967,13 +933,16 @@ async def baseline_loop(group: str, model: Path | None) -> None:
     from stream_app.config import load_settings
     from stream_app.kafka.batching import OutputBatcher
     from stream_app.kafka.clients import aiokafka_config
-    from stream_app.processing import Message, change_bytes, dead_letter_headers
+    from stream_app.pipeline import Pipeline
+    from stream_app.processing import DELETED, Message
+    from stream_app.segmentation.registry import build_segmentations
     from stream_app.state import codec
 
     s = load_settings()
-    step = _make_step(s)
+    # the worker's core, as the worker builds it: this loop is a second host of it
+    pipeline = Pipeline(s, build_segmentations(s))
     if model is not None:
-        _load_model(step, model)
+        _load_model(pipeline.step, model)
     conf = aiokafka_config(s)
     consumer = AIOKafkaConsumer(s.input_topic, s.routed_topic, group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -981,7 +950,7 @@ async def baseline_loop(group: str, model: Path | None) -> None:
     producer = AIOKafkaProducer(acks="all", linger_ms=5, max_batch_size=16384, **conf)
     await consumer.start()
     await producer.start()
-    customers: dict[int, _Recording] = {}
+    customers: dict[int, dict[str, Any]] = {}
     cl_customers = f"{s.app_id}-customers-changelog"
     stats = {"messages": 0, "routed": 0, "applied": 0, "changes": 0}
     positions: dict[Any, int] = {}
@@ -1003,22 +972,20 @@ async def baseline_loop(group: str, model: Path | None) -> None:
                 p = tp.partition
                 msgs = [Message(r.topic, p, r.offset, r.key, r.value, r.timestamp / 1000.0)
                         for r in records]
-                table = customers.setdefault(p, _Recording())
-                result = step.run(p, msgs, table, wall)
-                # every output of the batch as one record batch per partition, as the worker
-                for key in table.written:
-                    st = table.get(key)
-                    out.add(cl_customers, key.encode(), codec.dumps(st) if st else None, p)
-                table.written.clear()
-                for key, part, value in result.routed:
-                    out.add(s.routed_topic, key.encode(), value, part)
-                for change in result.changes:
-                    out.add(s.changes_topic, change.customer_id.encode(), change_bytes(change))
-                for feats in result.samples:
-                    out.add(s.training_topic, None, orjson.dumps(feats), 0)
-                for msg, rej in result.dead_letters:
-                    await producer.send(s.dlq_topic, rej.payload, key=msg.key,
-                                        headers=dead_letter_headers(msg, rej, wall))
+                table = customers.setdefault(p, {})
+                done = pipeline.run(p, msgs, table, wall)
+                # every output of the batch as one record batch per partition, as the
+                # worker; then the state and its changelog (the worker writes those only
+                # once the outputs are acknowledged: here they go in the same request)
+                out.extend(done.outputs)
+                for key, entry in done.writes.items():
+                    if entry is DELETED:
+                        table.pop(key, None)
+                        out.add(cl_customers, key.encode(), None, p)
+                    else:
+                        table[key] = entry
+                        out.add(cl_customers, key.encode(), codec.dumps(entry), p)
+                result = done.result
                 positions[TopicPartition(tp.topic, p)] = records[-1].offset + 1
                 stats["messages"] += len(records)
                 stats["routed"] += len(result.routed)

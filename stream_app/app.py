@@ -12,35 +12,23 @@ import gc
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import faust
-import orjson
-
 from .config import Settings
-from .events.parse import Limits
 from .health import PROBE_INTERVAL_S, BrokerWatch
 from .kafka.batching import BatchSink, OutputBatcher
 from .kafka.clients import faust_credentials
 from .kafka.codecs import register as register_codecs
 from .kafka.tables import WriteBehind
-from .kafka.transport import aiokafka_producer, committed_offset, send_now
+from .kafka.transport import SegmenterApp, aiokafka_producer, committed_offset, send_now
 from .metrics import Metrics
-from .predictive.live import LivePredictions
-from .processing import (
-    TICK_CHUNK,
-    EventClock,
-    HeldWrites,
-    Step,
-    StepResult,
-    change_bytes,
-    dead_letter_headers,
-    membership_bytes,
-)
+from .pipeline import Pipeline, Processed
+from .processing import TICK_CHUNK
+from .routing import partition_of
 from .segmentation.base import Segmentation
 from .state import codec
-from .state.customer import CustomerState, StateConfig
+from .state.customer import CustomerState
 from .web.timeseries import Sampler
 
 log = logging.getLogger(__name__)
@@ -59,10 +47,15 @@ class Runtime:
                  definitions: Any = None) -> None:
         register_codecs()
         self.settings = s = settings
-        self.segmentations: list[Segmentation] = list(segmentations or [])
-        self.behavior = next((seg for seg in self.segmentations if seg.name == "behavior"), None)
+        # the core: every decision about a record (stream_app/pipeline.py); this class only
+        # delivers records to it, sends what it returns, writes the state and acks
+        self.pipeline = Pipeline(s, list(segmentations or []))
+        self.segmentations = self.pipeline.segmentations
+        self.behavior = self.pipeline.behavior
+        self.step = self.pipeline.step
+        self.predictions = self.pipeline.predictions
+        self.clock = self.pipeline.clock
         self.started_at = time.time()
-        self.clock = EventClock()
         self.stats: dict[str, int] = defaultdict(int)
         self.metrics = Metrics()
         self.sampler = Sampler(self.metrics.registry)
@@ -72,8 +65,9 @@ class Runtime:
         # Held while a batch (or a time tick) is between reading and writing the tables.
         self.state_lock = asyncio.Lock()
         self.broker_watch = BrokerWatch(s, self.metrics)  # /health "broker", stall metric
-        self.app = app = faust.App(
+        self.app = app = SegmenterApp(
             s.app_id,
+            fetch_wait_ms=s.fetch_wait_ms,
             broker=s.broker_url.replace("kafka://", "segmenter-kafka://", 1).replace(
                 "aiokafka://", "segmenter-kafka://", 1),
             broker_credentials=faust_credentials(s),
@@ -97,7 +91,6 @@ class Runtime:
             table_standby_replicas=0,
             logging_config=None,
         )
-        app.fetch_wait_ms = s.fetch_wait_ms  # read by the transport (kafka/transport.py)
         self.input_topic = app.topic(s.input_topic, partitions=s.partitions,
                                      key_serializer="raw", value_serializer="raw")
         self.routed_topic = app.topic(s.routed_topic, partitions=s.partitions, internal=True,
@@ -112,33 +105,18 @@ class Runtime:
         # outputs are not on the broker yet (kafka/tables.py)
         self.customer_states = WriteBehind(self.customers, codec.dumps, s.routed_topic)
         self._last_written: asyncio.Future[None] | None = None  # the newest batch's writes
-        # BG/NBD + Gamma-Gamma parameters loaded from model snapshots (modeling.py); the
-        # step adds each customer's predictions to the features it evaluates rules on
-        self.predictions = (LivePredictions() if s.predictions and self.behavior is not None
-                            else None)
-        self.step = Step(
-            input_topic=s.input_topic, routed_topic=s.routed_topic, partitions=s.partitions,
-            segmentations=self.segmentations,
-            limits=Limits(s.max_message_bytes, s.max_batch_events, s.max_future_skew_s),
-            state_config=StateConfig(session_gap_s=s.session_gap_s,
-                                     half_life_days=s.recent_half_life_days,
-                                     cart_abandon_after_s=s.cart_abandon_after_s,
-                                     dedupe_window=s.dedupe_window,
-                                     max_merged_ids=s.max_merged_ids),
-            sample_every_s=86400.0 if self.behavior is not None else None,
-            predictions=self.predictions,
-        )
         self._declare_agents()
         self._declare_timers()
-        if self.behavior is not None:
-            from . import modeling
+        from . import modeling
 
-            modeling.install(self, self.behavior)  # type: ignore[arg-type]
+        # the clustering's trainer agent and model follower (None: no clustering)
+        self.modeling = (modeling.install(self, self.behavior)  # type: ignore[arg-type]
+                         if self.behavior is not None else None)
         from . import redefinition
 
         # live rule definitions: the topic, the file watcher, the backfill, their views
         # (``definitions``: redefinition.Startup; None: the file's)
-        redefinition.install(self, definitions)
+        self.definitions = redefinition.install(self, definitions)
         from .web.views import register_views
 
         register_views(self)
@@ -172,7 +150,7 @@ class Runtime:
         self.source = self.app.topic(s.input_topic, s.routed_topic, key_serializer="raw",
                                      value_serializer="raw")
         self.app.topics.add(self.source)
-        sink = self.app.batch_sink = BatchSink(
+        sink = self.app.batch_sink = BatchSink(  # read by the transport
             self.app, (s.input_topic, s.routed_topic), self.handle_messages,
             max_batch=s.batch_size, max_buffered=max(4096, s.batch_size * 2),
             within=s.batch_within)
@@ -208,11 +186,11 @@ class Runtime:
         async with self.state_lock:
             out = OutputBatcher()
             for partition, messages in groups.items():
-                customers = HeldWrites(self.customer_states)
-                result = self.step.run(partition, messages, customers, wall)
-                self._collect(result, wall, partition, out)
-                self.customer_states.stage(customers.held)
-                staged.append((partition, customers.held))
+                done = self.pipeline.run(partition, messages, self.customer_states, wall)
+                out.extend(done.outputs)
+                self._account(done)
+                self.customer_states.stage(done.writes)
+                staged.append((partition, done.writes))
                 self.stats["messages"] += len(messages)
             settlement = await self._write_behind(out, staged)
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
@@ -258,37 +236,18 @@ class Runtime:
     def _aiokafka_producer(self) -> Any:
         return aiokafka_producer(self.app)
 
-    def _collect(self, result: StepResult, wall: float, partition: int,
-                 out: OutputBatcher) -> None:
-        """Add the step's outputs to ``out``: routed records, segment changes, memberships,
-        dead letters and training samples; and count them."""
-        s = self.settings
-        for key, part, value in result.routed:
-            out.add(s.routed_topic, key.encode(), value, part)
-        for change in result.changes:
-            out.add(s.changes_topic, change.customer_id.encode(), change_bytes(change))
-        # after the changes, in the same delivery, before the state (README: Subscribing to
-        # segments); by key over the topic's actual partitions, as the changes
-        for update in result.memberships:
-            out.add(s.memberships_topic, update.customer_id.encode(), membership_bytes(update))
-        for msg, rej in result.dead_letters:
-            # keyed as the message was; the default partitioner over the topic's actual
-            # partitions (round-robin without a key): the DLQ may have any partition count
-            out.add(s.dlq_topic, msg.key, rej.payload,
-                    headers=dead_letter_headers(msg, rej, wall))
-        if result.samples and self.behavior is not None:
-            for feats in result.samples:
-                out.add(s.training_topic, None, orjson.dumps(feats), 0)
-        self._account(result, partition)
-        st = self.stats
-        st["applied"] += result.applied
-        st["duplicates"] += result.duplicates
-        st["dead_letters"] += len(result.dead_letters)
-        st["changes"] += len(result.changes)
-        st["routed"] += len(result.routed)
-        self.clock.observe(partition, result, wall)
+    async def deliver(self, done: Processed) -> asyncio.Future[None]:
+        """Send one pipeline call's outputs, then write its state (as a batch's: after the
+        batches handled before). Called under the state lock; returns the settlement."""
+        out = OutputBatcher()
+        out.extend(done.outputs)
+        self._account(done)
+        self.customer_states.stage(done.writes)
+        return await self._write_behind(out, [(done.partition, done.writes)])
 
-    def _account(self, result: StepResult, partition: int) -> None:
+    def _account(self, done: Processed) -> None:
+        """Count one pipeline call's result: stats, metrics, segment sizes."""
+        result = done.result
         m = self.metrics
         if result.events_by_kind:
             m.count_events(result.events_by_kind)
@@ -297,15 +256,63 @@ class Runtime:
         if result.duplicates:
             m.count_duplicates(result.duplicates)
         if result.changes:
-            m.record_changes(((c.record["segmentation"], c.ingest_ts, c.event_ts)
+            m.record_changes(((c.record.segmentation, c.ingest_ts, c.event_ts)
                               for c in result.changes), now=time.time())
-            sizes = self.sizes.setdefault(partition, {})
+            sizes = self.sizes.setdefault(done.partition, {})
             for c in result.changes:
-                counts = sizes.setdefault(c.record["segmentation"], Counter())
-                if c.record["previous_segment"] is not None:
-                    counts[c.record["previous_segment"]] -= 1
-                if c.record["segment"] is not None:
-                    counts[c.record["segment"]] += 1
+                counts = sizes.setdefault(c.record.segmentation, Counter())
+                if c.record.previous_segment is not None:
+                    counts[c.record.previous_segment] -= 1
+                if c.record.segment is not None:
+                    counts[c.record.segment] += 1
+        st = self.stats
+        st["applied"] += result.applied
+        st["duplicates"] += result.duplicates
+        st["dead_letters"] += len(result.dead_letters)
+        st["changes"] += len(result.changes)
+        st["routed"] += len(result.routed)
+
+    async def sweep(self, work: Callable[[int, list[str], float], Processed],
+                    start: Callable[[int], Processed | None] | None = None) -> list[Processed]:
+        """Run ``work(partition, keys, wall)`` over every customer of this worker's
+        partitions, :data:`~.processing.TICK_CHUNK` keys at a time, each chunk under the
+        state lock and delivered as a batch is (outputs, then state, in batch order); the
+        time tick, the re-scoring after a model version and the backfill after a definitions
+        change are sweeps. ``start(partition)`` runs first for each partition (the tick
+        moves the partition's clock); a partition whose start returns None is skipped.
+        Returns what each chunk that wrote something produced (its counts), once each
+        partition's last chunk is on the broker."""
+        n = self.settings.partitions
+        owned = set(self._assigned())
+        # Keys only, the staged writes' too (a customer whose state is not in the table yet
+        # is a customer all the same): the states are read a chunk at a time. Reading them
+        # all up front decoded every customer at once, and that peak stayed in the worker's
+        # RSS (~3 KB per customer with the rocksdb store; segmenter bench, rss phase).
+        by_partition: dict[int, list[str]] = defaultdict(list)
+        for cid in list(self.customer_states):
+            p = partition_of(cid, n)
+            if p in owned:
+                by_partition[p].append(cid)
+        done: list[Processed] = []
+        for p in sorted(owned):
+            settlement = None
+            if start is not None:
+                async with self.state_lock:
+                    first = start(p)
+                    if first is None:
+                        continue
+                    settlement = await self.deliver(first)
+            keys = by_partition.get(p, [])
+            for i in range(0, len(keys), TICK_CHUNK):
+                async with self.state_lock:
+                    chunk = work(p, keys[i:i + TICK_CHUNK], time.time())
+                    if not chunk.writes:
+                        continue
+                    done.append(chunk)
+                    settlement = await self.deliver(chunk)
+            if settlement is not None:
+                await settlement
+        return done
 
     # --- time -------------------------------------------------------------------------------------
     @property
@@ -324,8 +331,7 @@ class Runtime:
         from the last event time seen (never past it), so a quiet live stream still lapses
         customers, while a replay of history keeps its own time.
         """
-        wall = time.time() if wall is None else wall
-        return self.clock.now(wall, self.settings.idle_advance_after_s)
+        return self.pipeline.event_time_now(time.time() if wall is None else wall)
 
     def _declare_timers(self) -> None:
         s = self.settings
@@ -380,8 +386,6 @@ class Runtime:
 
     def _recount(self, assigned: list[int]) -> None:
         """Count segment members of the assigned partitions from the table (after rebalances)."""
-        from .routing import partition_of
-
         owned = set(assigned)
         sizes: dict[int, dict[str, Counter[str]]] = {p: {} for p in owned}
         n = self.settings.partitions
@@ -400,46 +404,13 @@ class Runtime:
 
     async def tick(self) -> None:
         """Re-evaluate time-driven segmentations of every local customer at the worker's
-        clock (:meth:`event_time_now`), partition by partition, through the step."""
+        clock (:meth:`event_time_now`), partition by partition, through the pipeline."""
         now = self.event_time_now()
         if not self.step.timed or not now or not self.ready():
             return
-        from .routing import partition_of
-
-        n = self.settings.partitions
-        owned = set(self._assigned())
-        # Keys only: the states are read one at a time below. Reading them all up front
-        # decoded every customer at once, and that peak stayed in the worker's RSS (~3 KB per
-        # customer with the rocksdb store; segmenter bench, rss phase).
-        by_partition: dict[int, list[str]] = defaultdict(list)
-        for cid in list(self.customers.keys()):
-            p = partition_of(cid, n)
-            if p in owned:
-                by_partition[p].append(cid)
-        states = self.customer_states
-        keep = self.settings.erased_keep_s
-        for p in sorted(owned):
-            keys = by_partition.get(p, [])
-            async with self.state_lock:
-                view = HeldWrites(states)
-                if not self.step.start_tick(p, view, now):
-                    continue
-                states.stage(view.held)
-                settlement = await self._write_behind(OutputBatcher(), [(p, view.held)])
-            for start in range(0, len(keys), TICK_CHUNK):
-                async with self.state_lock:
-                    wall = time.time()
-                    view = HeldWrites(states)
-                    result = self.step.tick(view, keys[start:start + TICK_CHUNK], now, wall,
-                                            keep)
-                    if not view.held:
-                        continue
-                    outputs = OutputBatcher()
-                    self._collect(result, wall, p, outputs)
-                    states.stage(view.held)
-                    # changes before state, after the batches handled before, as for a batch
-                    settlement = await self._write_behind(outputs, [(p, view.held)])
-            await settlement
+        states, pipeline = self.customer_states, self.pipeline
+        await self.sweep(lambda p, keys, wall: pipeline.tick(p, states, keys, now, wall),
+                         start=lambda p: pipeline.start_tick(p, states, now))
 
     # --- helpers for web views -------------------------------------------------------------------
     def customer(self, customer_id: str) -> Any:

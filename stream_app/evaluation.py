@@ -36,7 +36,6 @@ import numpy as np
 import orjson
 
 from .processing import Message, Step, StepResult
-from .rescoring import rescore
 from .segmentation.clustering import BehaviorSegmentation, Hysteresis, Trainer, TrainerSettings
 from .segmentation.clustering.models import best_kmeans
 from .segmentation.clustering.vectorize import Scaling, vectorize_many
@@ -212,12 +211,12 @@ class Evaluation:
     def _absorb(self, result: StepResult, now: float) -> None:
         for change in result.changes:
             r = change.record
-            if r["segmentation"] != self.seg.name:
+            if r.segmentation != self.seg.name:
                 continue
-            if r["previous_segment"] is not None:
+            if r.previous_segment is not None:
                 self.changes += 1
-            if r["segment"] is not None:
-                self.assigned_at.setdefault(r["customer_id"], change.event_ts)
+            if r.segment is not None:
+                self.assigned_at.setdefault(r.customer_id, change.event_ts)
         for feats in result.samples:
             self.trainer.learn(feats)
             snapshot = self.trainer.maybe_snapshot(0.0)
@@ -240,8 +239,8 @@ class Evaluation:
                                      tuple(i for i in ids if i not in seen), stable,
                                      tuple(snapshot.get("set_changes", ()))))
         if self.s.rescore and self.seg.ready:
-            self._absorb(rescore(self.step, self.customers, list(self.customers), self.seg,
-                                 self.wall), now)
+            self._absorb(self.step.rescore(self.customers, list(self.customers), [self.seg],
+                                           self.wall), now)
         if self.seg.ready and self.first_ready_at is None:
             self.first_ready_at = now
             self.unassigned_at_ready = sum(1 for _, st in self._states()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiokafka
@@ -100,18 +101,27 @@ def learn_batch(trainer: Trainer, values: list[bytes], now: float
     return orjson.dumps(snapshot), trainer.to_json()
 
 
-def install(rt: Runtime, behavior: BehaviorSegmentation) -> None:
+@dataclass(frozen=True, slots=True)
+class Modeling:
+    """The clustering's topics on a worker (Faust's topic objects), as :func:`install`
+    declared them."""
+
+    training_topic: Any
+    model_topic: Any
+    trainer_checkpoints: Any
+
+
+def install(rt: Runtime, behavior: BehaviorSegmentation) -> Modeling:
     """Declare the training topic, the trainer agent and the model follower on ``rt.app``."""
     s = rt.settings
     app = rt.app
     training = app.topic(s.training_topic, partitions=1, internal=True,
                          key_serializer="raw", value_serializer="raw")
-    rt.model_topic = app.topic(s.model_topic, partitions=1, internal=True, compacting=True,
-                               key_serializer="raw", value_serializer="raw")
-    rt.trainer_checkpoints = app.topic(s.trainer_topic, partitions=1, internal=True,
-                                       compacting=True, key_serializer="raw",
-                                       value_serializer="raw")
-    rt.training_topic = training
+    model_topic = app.topic(s.model_topic, partitions=1, internal=True, compacting=True,
+                            key_serializer="raw", value_serializer="raw")
+    trainer_checkpoints = app.topic(s.trainer_topic, partitions=1, internal=True,
+                                    compacting=True, key_serializer="raw",
+                                    value_serializer="raw")
     state: dict[str, Any] = {"trainer": None, "generation": None}
 
     async def current_trainer() -> Trainer:
@@ -142,11 +152,11 @@ def install(rt: Runtime, behavior: BehaviorSegmentation) -> None:
             snapshot, checkpoint = await asyncio.to_thread(learn_batch, trainer, batch,
                                                            time.time())
             if snapshot is not None:
-                await rt.model_topic.send(key=MODEL_KEY, value=snapshot, partition=0)
-                await rt.trainer_checkpoints.send(key=MODEL_KEY, value=checkpoint,
+                await model_topic.send(key=MODEL_KEY, value=snapshot, partition=0)
+                await trainer_checkpoints.send(key=MODEL_KEY, value=checkpoint,
                                                   partition=0)
                 for key, value in set_change_records(trainer.last or {}):
-                    await rt.model_topic.send(key=key, value=value, partition=0)
+                    await model_topic.send(key=key, value=value, partition=0)
                 log.info("published model version %s", trainer.version)
                 part = (trainer.last or {}).get("predictive") or {}
                 if part.get("bgnbd"):
@@ -168,6 +178,8 @@ def install(rt: Runtime, behavior: BehaviorSegmentation) -> None:
             except Exception:
                 log.warning("model follower failed; retrying", exc_info=True)
                 await asyncio.sleep(2.0)
+
+    return Modeling(training, model_topic, trainer_checkpoints)
 
 
 async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
@@ -243,7 +255,7 @@ def prediction_readers(segmentations: Any) -> list[Any]:
 
 class Rescorer:
     """Re-scores every local customer after a new model version is loaded (see
-    :mod:`stream_app.rescoring`): one pass at a time; versions loaded during a pass ask for
+    :meth:`stream_app.processing.Step.rescore`): one pass at a time; versions loaded during a pass ask for
     one more pass after it, not one each. With new predictive parameters the pass also
     re-scores the rule segmentations that read predictions."""
 
@@ -285,43 +297,12 @@ async def rescore_all(rt: Runtime, behavior: BehaviorSegmentation,
     """Re-score the behaviour segment (or ``segmentations``) of every customer of this
     worker's partitions, in chunks under the state lock, written and published as a time
     tick's are. Returns the customers whose state changed."""
-    segmentations = segmentations if segmentations is not None else [behavior]
-    from collections import defaultdict
-
-    from .kafka.batching import OutputBatcher
-    from .processing import TICK_CHUNK, HeldWrites
-    from .rescoring import rescore
-    from .routing import partition_of
-
-    n = rt.settings.partitions
-    owned = set(rt._assigned())
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    for cid in list(rt.customers.keys()):
-        p = partition_of(cid, n)
-        if p in owned:
-            by_partition[p].append(cid)
-    states = rt.customer_states
-    written = 0
-    settlement = None
+    chosen = segmentations if segmentations is not None else [behavior]
     started = time.monotonic()
-    for p in sorted(by_partition):
-        keys = by_partition[p]
-        for start in range(0, len(keys), TICK_CHUNK):
-            async with rt.state_lock:
-                wall = time.time()
-                view = HeldWrites(states)
-                result = rescore(rt.step, view, keys[start:start + TICK_CHUNK], segmentations,
-                                 wall)
-                if not view.held:
-                    continue
-                written += result.written
-                outputs = OutputBatcher()
-                rt._collect(result, wall, p, outputs)
-                states.stage(view.held)
-                settlement = await rt._write_behind(outputs, [(p, view.held)])
-    if settlement is not None:
-        await settlement
+    states, pipeline = rt.customer_states, rt.pipeline
+    done = await rt.sweep(lambda p, keys, wall: pipeline.rescore(p, states, keys, chosen, wall))
+    written = sum(chunk.result.written for chunk in done)
     log.info("re-scored customers (%s) for model version %s: %d changed in %.1fs",
-             ", ".join(seg.name for seg in segmentations), behavior.version, written,
+             ", ".join(seg.name for seg in chosen), behavior.version, written,
              time.monotonic() - started)
     return written

@@ -21,16 +21,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import orjson
-
 from . import routing
 from .events import interaction as ix
 from .events.interaction import ANON_PREFIX, Interaction, anonymous_key
-from .events.models import SegmentMembership
+from .events.models import SegmentChange, SegmentMembership
 from .events.parse import Limits, Rejection, decode
 from .predictive.live import LivePredictions
 from .predictive.training import sample_fields
-from .segmentation.base import Decision, Segmentation, change_id
+from .segmentation.base import Segmentation, change_id
 from .segmentation.rules.definitions import RESERVED_NAMES
 from .segmentation.rules.segmentation import REDEFINED
 from .state import codec
@@ -80,10 +78,17 @@ class Message:
 
 @dataclass(slots=True)
 class Change:
+    """A segment change: the record for ``segment-changes`` (the typed model its JSON Schema
+    is generated from, validated as it is built) and when it happened."""
+
     customer_id: str
-    record: dict[str, Any]  # the SegmentChange JSON document
+    record: SegmentChange
     event_ts: float
     ingest_ts: float
+
+    def document(self) -> dict[str, Any]:
+        """The record as the JSON document consumers read (``occurred_at`` as a string)."""
+        return self.record.model_dump(mode="json")
 
 
 @dataclass(slots=True)
@@ -130,23 +135,20 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-Decide = Callable[[CustomerState, dict[str, Any], float, Any, bool], Decision | None]
+@functools.lru_cache(maxsize=64)
+def _at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
 
 
-def _deciders(segmentations: Sequence[Segmentation]) -> list[tuple[str, Decide]]:
-    """(name, decide) per segmentation. ``decide(state, feats, now, aux, traits_changed)``
-    is the segmentation's own when it has one: it returns None when evaluating would change
-    neither the segment nor ``aux``, and can tell that cheaply (both kinds shipped here do).
-    Otherwise it is ``evaluate``, always building a :class:`Decision`."""
-    out: list[tuple[str, Decide]] = []
-    for seg in segmentations:
-        decide = getattr(seg, "decide", None)
-        if decide is None:
-            def decide(state: CustomerState, feats: dict[str, Any], now: float, aux: Any,
-                       traits_changed: bool, _evaluate: Any = seg.evaluate) -> Decision:
-                return _evaluate(state, feats, now, aux)  # type: ignore[no-any-return]
-        out.append((seg.name, decide))
-    return out
+def _change(state: CustomerState, segmentation: str, previous: str | None,
+            segment: str | None, segment_name: str | None, version: int | None, ts: float,
+            reason: str, ingest_ts: float) -> Change:
+    """The next change of ``state`` in ``segmentation`` (its id from :func:`_change_id`)."""
+    return Change(state.customer_id, SegmentChange(
+        change_id=_change_id(state, segmentation, previous, segment),
+        customer_id=state.customer_id, segmentation=segmentation,
+        previous_segment=previous, segment=segment, segment_name=segment_name,
+        model_version=version, occurred_at=_at(ts), reason=reason), ts, ingest_ts)
 
 
 class Step:
@@ -161,7 +163,6 @@ class Step:
         self.routed_topic = routed_topic
         self.partitions = partitions
         self.segmentations = list(segmentations)
-        self._deciders = _deciders(self.segmentations)
         self.limits = limits
         self.cfg = state_config
         # Training samples for the clustering: at most one per customer per this much event
@@ -170,7 +171,7 @@ class Step:
         # Per-customer predictions (p_alive, ...) added to the features at every evaluation,
         # from the parameters the worker loaded; never stored (None: predictions off).
         self.predictions = predictions
-        self.timed = [seg for seg in self.segmentations if getattr(seg, "time_sensitive", True)]
+        self.timed = [seg for seg in self.segmentations if seg.time_sensitive]
         # the segmentations that definitions replace (all but the learned one), and the
         # version of the definitions they came from (None: as built, see :meth:`redefine`)
         self.redefinable = [seg for seg in self.segmentations if seg.name not in RESERVED_NAMES]
@@ -221,6 +222,36 @@ class Step:
         res.memberships = self.memberships(res.changes, customers.get)
         return res
 
+    # --- model versions --------------------------------------------------------------------
+    def rescore(self, customers: MutableMapping[str, Any], keys: Iterable[str],
+                segmentations: Sequence[Segmentation], wall_now: float) -> StepResult:
+        """Re-score ``segmentations`` of the customer states among ``keys`` after a new model
+        version (or new predictive parameters) was loaded.
+
+        Without it a customer is scored by a new model only at its next event or time tick:
+        after a replay, customers sat without a segment, or in ids of an older version, until
+        the ticks caught up. Each customer is evaluated at its own last evaluation time (its
+        last event or tick), not at a new time: only the model moved, so no time-driven
+        segment moves with it. Hysteresis holds as for any evaluation: a customer without a
+        segment, or whose segment was retired, gets one at once; one whose segment lives on
+        moves only on confirmed evidence. A state is written back only when a segment or its
+        bookkeeping changed."""
+        res = StepResult()
+        for key in keys:
+            stored = customers.get(key)
+            if type(stored) is not CustomerState:
+                continue
+            state = stored.copy()
+            out: list[Change] = []
+            self.evaluate(state, max(state.last_seen, state.evaluated_at), wall_now, out,
+                          segmentations=segmentations)
+            if out or state.segment_aux != stored.segment_aux:
+                customers[key] = state
+                res.written += 1
+                res.changes.extend(out)
+        res.memberships = self.memberships(res.changes, customers.get)
+        return res
+
     # --- definitions -----------------------------------------------------------------------
     def redefine(self, segmentations: Sequence[Segmentation], version: int) -> None:
         """Evaluate under these rule segmentations from now on (the learned one stays).
@@ -230,8 +261,7 @@ class Step:
         their customer under the new definitions themselves."""
         kept = [seg for seg in self.segmentations if seg.name in RESERVED_NAMES]
         self.segmentations = [*kept, *segmentations]
-        self._deciders = _deciders(self.segmentations)
-        self.timed = [seg for seg in self.segmentations if getattr(seg, "time_sensitive", True)]
+        self.timed = [seg for seg in self.segmentations if seg.time_sensitive]
         self.redefinable = list(segmentations)
         self.definitions_version = version
         self._known = frozenset(seg.name for seg in self.segmentations) | RESERVED_NAMES
@@ -283,27 +313,19 @@ class Step:
                 if previous is None:
                     continue
                 was = f"{old:08x}" if type(old) is int else "?"
-                out.append(Change(state.customer_id, {
-                    "change_id": _change_id(state, name, previous, None),
-                    "customer_id": state.customer_id,
-                    "segmentation": name,
-                    "previous_segment": previous,
-                    "segment": None,
-                    "segment_name": None,
-                    "model_version": self.definitions_version,
-                    "occurred_at": _iso(t),
-                    "reason": f"{REDEFINED} ({was} -> removed): the segmentation is no "
-                              f"longer defined",
-                }, t, wall_now))
+                out.append(_change(state, name, previous, None, None,
+                                   self.definitions_version, t,
+                                   f"{REDEFINED} ({was} -> removed): the segmentation is no "
+                                   f"longer defined", wall_now))
             if stale:
                 first = len(out)
                 self.evaluate(state, t, wall_now, out, segmentations=stale)
                 for change in out[first:]:
-                    reason = change.record["reason"]
-                    version = change.record["model_version"]
+                    reason = change.record.reason
+                    version = change.record.model_version
                     if not reason.startswith(REDEFINED):  # a segmentation new to it
                         now_v = f"{version:08x}" if type(version) is int else "?"
-                        change.record["reason"] = f"{REDEFINED} (new -> {now_v}): {reason}"
+                        change.record.reason = f"{REDEFINED} (new -> {now_v}): {reason}"
             customers[key] = state
             res.written += 1
             res.changes.extend(out)
@@ -360,7 +382,7 @@ class Step:
 
         When ``samples`` is given and the customer is due, its features are added to it for
         the clustering trainer. ``traits_changed=False`` promises that the traits are those of
-        the last evaluation (see :func:`_deciders`).
+        the last evaluation (see :meth:`.Segmentation.decide`).
         """
         feats = features(state, now, self.cfg)
         live = self.predictions
@@ -377,10 +399,10 @@ class Step:
                 else:
                     samples.append(feats)
         aux_of = state.segment_aux
-        for name, decide in (self._deciders if segmentations is None
-                             else _deciders(segmentations)):
+        for seg in self.segmentations if segmentations is None else segmentations:
+            name = seg.name
             # None: evaluating would change nothing (the common case): no Decision built
-            decision = decide(state, feats, now, aux_of.get(name), traits_changed)
+            decision = seg.decide(state, feats, now, aux_of.get(name), traits_changed)
             if decision is None:
                 continue
             if decision.aux is None:
@@ -394,33 +416,16 @@ class Step:
                 del state.segments[name]
             else:
                 state.segments[name] = decision.segment
-            out.append(Change(state.customer_id, {
-                "change_id": _change_id(state, name, previous, decision.segment),
-                "customer_id": state.customer_id,
-                "segmentation": name,
-                "previous_segment": previous,
-                "segment": decision.segment,
-                "segment_name": decision.segment_name,
-                "model_version": decision.version,
-                "occurred_at": _iso(now),
-                "reason": decision.reason,
-            }, now, ingest_ts))
+            out.append(_change(state, name, previous, decision.segment,
+                               decision.segment_name, decision.version, now, decision.reason,
+                               ingest_ts))
 
     def exit_all(self, state: CustomerState, event_ts: float, ingest_ts: float,
                  reason: str, out: list[Change]) -> None:
         """The customer leaves every segment (erasure, merged into another customer)."""
         for name, previous in sorted(state.segments.items()):
-            out.append(Change(state.customer_id, {
-                "change_id": _change_id(state, name, previous, None),
-                "customer_id": state.customer_id,
-                "segmentation": name,
-                "previous_segment": previous,
-                "segment": None,
-                "segment_name": None,
-                "model_version": None,
-                "occurred_at": _iso(event_ts),
-                "reason": reason,
-            }, event_ts, ingest_ts))
+            out.append(_change(state, name, previous, None, None, None, event_ts, reason,
+                               ingest_ts))
         state.segments.clear()
 
 
@@ -992,8 +997,12 @@ class EventClock:
         return event_clock(self.partition_time, self.partition_wall, wall, idle_after_s)
 
 
+_CHANGE_JSON = SegmentChange.__pydantic_serializer__
+
+
 def change_bytes(change: Change) -> bytes:
-    return orjson.dumps(change.record)
+    """The ``segment-changes`` value: the record's JSON, by the model's own serializer."""
+    return _CHANGE_JSON.to_json(change.record)  # type: ignore[no-any-return]
 
 
 def membership_bytes(update: MembershipUpdate) -> bytes | None:

@@ -29,7 +29,6 @@ import logging
 import signal
 import socket
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -149,8 +148,9 @@ def startup_definitions(settings: Settings, timeout_s: float = 30.0) -> Startup:
 class Definitions:
     """The definitions in force on this worker, and how they change."""
 
-    def __init__(self, rt: Runtime, startup: Startup) -> None:
+    def __init__(self, rt: Runtime, startup: Startup, topic: Any = None) -> None:
         self.rt = rt
+        self.topic = topic  # the definitions topic (Faust's), where publish() writes
         self.current = startup.definitions
         self.file_version = startup.file_version
         self.follow_from = startup.follow_from
@@ -177,8 +177,7 @@ class Definitions:
         """Send checked definitions to the topic (acknowledged by the broker)."""
         value = encode_record(defs, file_version=self.file_version, published_at=time.time(),
                               published_by=self.host)
-        sent = await self.rt.definitions_topic.send(key=RECORD_KEY, value=value, partition=0,
-                                                    force=True)
+        sent = await self.topic.send(key=RECORD_KEY, value=value, partition=0, force=True)
         await sent
         log.info("published definitions %08x (%s) to %s", defs.version, defs.source,
                  self.rt.settings.definitions_topic)
@@ -336,42 +335,12 @@ class Backfill:
 
 async def backfill_all(rt: Runtime) -> dict[str, Any]:
     """One pass over the customers of this worker's partitions (see :class:`Backfill`)."""
-    from .kafka.batching import OutputBatcher
-    from .processing import TICK_CHUNK, HeldWrites
-    from .routing import partition_of
-
     started = time.monotonic()
     version = rt.step.definitions_version
-    n = rt.settings.partitions
-    owned = set(rt._assigned())
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    # keys only (states are read a chunk at a time), the staged writes' too: a customer whose
-    # state is not in the table yet was evaluated under the old definitions all the same
-    for cid in list(rt.customer_states):
-        p = partition_of(cid, n)
-        if p in owned:
-            by_partition[p].append(cid)
-    states = rt.customer_states
-    customers = changes = 0
-    settlement = None
-    for p in sorted(by_partition):
-        keys = by_partition[p]
-        for start in range(0, len(keys), TICK_CHUNK):
-            async with rt.state_lock:
-                wall = time.time()
-                view = HeldWrites(states)
-                result = rt.step.backfill(p, view, keys[start:start + TICK_CHUNK], wall)
-                if not view.held:
-                    continue
-                customers += result.written
-                changes += len(result.changes)
-                outputs = OutputBatcher()
-                rt._collect(result, wall, p, outputs)
-                states.stage(view.held)
-                # changes before state, after the batches handled before, as for a tick
-                settlement = await rt._write_behind(outputs, [(p, view.held)])
-    if settlement is not None:
-        await settlement
+    states, pipeline = rt.customer_states, rt.pipeline
+    done = await rt.sweep(lambda p, keys, wall: pipeline.backfill(p, states, keys, wall))
+    customers = sum(chunk.result.written for chunk in done)
+    changes = sum(len(chunk.result.changes) for chunk in done)
     seconds = time.monotonic() - started
     rt.metrics.backfill_customers.inc(customers)
     rt.metrics.backfill_seconds.set(seconds)
@@ -393,10 +362,9 @@ def install(rt: Runtime, startup: Startup | None = None) -> Definitions:
     if startup is None:
         defs, fv = file_set(s)
         startup = Startup(defs, fv, 0, publish_file=False)
-    rt.definitions_topic = app.topic(s.definitions_topic, partitions=1, internal=True,
-                                     compacting=True, key_serializer="raw",
-                                     value_serializer="raw")
-    live = rt.definitions = Definitions(rt, startup)
+    topic = app.topic(s.definitions_topic, partitions=1, internal=True, compacting=True,
+                      key_serializer="raw", value_serializer="raw")
+    live = Definitions(rt, startup, topic)
 
     @app.task
     async def follow_definitions() -> None:
@@ -425,6 +393,6 @@ def install(rt: Runtime, startup: Startup | None = None) -> Definitions:
     async def backfill_after_rebalance() -> None:
         live.backfill.after_rebalance()
 
-    register_definitions(rt)
+    register_definitions(app, s, live)
     return live
 

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from time import monotonic
 from typing import Any
 
@@ -254,6 +254,12 @@ class OutputBatcher:
             partition: int | None = None, headers: Sequence[tuple[str, bytes]] = ()) -> None:
         self.records.setdefault((topic, partition), []).append((key, value, list(headers)))
         self.count += 1
+
+    def extend(self, records: Iterable[Sequence[Any]]) -> None:
+        """``add`` each ``(topic, key, value, partition, headers)`` (pipeline outputs)."""
+        for topic, key, value, partition, headers in records:
+            self.records.setdefault((topic, partition), []).append((key, value, list(headers)))
+            self.count += 1
 
     def _by_partition(self, counts: dict[str, int]) -> dict[tuple[str, int], list[Any]]:
         out: dict[tuple[str, int], list[Any]] = {}

@@ -101,11 +101,27 @@ FETCH_MAX_WAIT_MS = 10
 IDLE_FETCH_WAIT_MS = 250
 
 
+class SegmenterApp(faust.App):
+    """Faust's app with what this transport reads of the worker declared on it (nothing is
+    set on Faust's own objects): the fetch wait while records come, and the batch sink the
+    consumer delivers the input topics to (None: Faust's own delivery)."""
+
+    def __init__(self, *args: Any, fetch_wait_ms: int = FETCH_MAX_WAIT_MS,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch_wait_ms = fetch_wait_ms
+        self.batch_sink: BatchSink | None = None
+
+
+def _fetch_wait_ms(app: Any) -> int:
+    return app.fetch_wait_ms if isinstance(app, SegmenterApp) else FETCH_MAX_WAIT_MS
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # read when the consumer starts (and creates its fetcher)
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_wait_ms", FETCH_MAX_WAIT_MS)
+        consumer._fetch_max_wait_ms = _fetch_wait_ms(self.app)
         return consumer
 
     def set_fetch_wait(self, busy: bool) -> None:
@@ -113,8 +129,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         from the app's thread; the fetcher reads the figure for each fetch it sends."""
         fetcher = getattr(self._consumer, "_fetcher", None)
         if fetcher is not None:
-            fetcher._fetch_max_wait_ms = (getattr(self.app, "fetch_wait_ms", FETCH_MAX_WAIT_MS)
-                                          if busy else IDLE_FETCH_WAIT_MS)
+            fetcher._fetch_max_wait_ms = (_fetch_wait_ms(self.app) if busy
+                                          else IDLE_FETCH_WAIT_MS)
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = await super()._highwaters(partitions)
@@ -196,7 +212,7 @@ class Consumer(faust_aiokafka.Consumer):
         cost ~5 % of the worker (segmenter bench; py-spy). Order within a partition is
         kept; across partitions the sink takes them all into one batch anyway.
         """
-        sink: BatchSink | None = getattr(self.app, "batch_sink", None)
+        sink = self.app.batch_sink if isinstance(self.app, SegmenterApp) else None
         if sink is None:
             await super()._drain_messages(fetcher)
             return

@@ -1,14 +1,16 @@
 """The contract every segmentation meets, whether learned (clustering) or declared (rules).
 
 A segmentation is a named partition of customers: in each, a customer is in exactly one
-segment or none. The worker calls :meth:`Segmentation.evaluate` with the customer's state and
-features at the current event time; the segmentation returns a :class:`Decision`. The worker
-compares it with the membership stored in ``state.segments[name]`` and, when it differs,
-stores the new one and emits a segment-change event.
+segment or none. The worker calls :meth:`Segmentation.decide` with the customer's state and
+features at the current event time; the segmentation returns a :class:`Decision`, or None
+when deciding would change neither the segment nor its bookkeeping (the common case, told
+cheaply). The worker compares a Decision with the membership stored in
+``state.segments[name]`` and, when it differs, stores the new one and emits a segment-change
+event.
 
-Implementations are pure given their model/definitions: no I/O in ``evaluate``. Per-customer
+Implementations are pure given their model/definitions: no I/O in ``decide``. Per-customer
 memory a segmentation needs (hysteresis counters, ...) lives in
-``state.segment_aux[name]``: ``evaluate`` receives the current value and returns the new one.
+``state.segment_aux[name]``: ``decide`` receives the current value and returns the new one.
 """
 
 from __future__ import annotations
@@ -32,12 +34,19 @@ class Decision:
 
 class Segmentation(Protocol):
     name: str
+    # whether time passing alone can move a customer: the time tick re-evaluates only these
+    time_sensitive: bool
 
     @property
     def version(self) -> int | None: ...
 
-    def evaluate(self, state: CustomerState, feats: dict[str, Any], now: float,
-                 aux: Any) -> Decision: ...
+    def decide(self, state: CustomerState, feats: dict[str, Any], now: float, aux: Any,
+               traits_changed: bool = True, explain: bool = False) -> Decision | None:
+        """The customer's segment at event time ``now``, given its ``aux``; None when that
+        keeps both the segment and ``aux`` as they are, unless ``explain`` (then always a
+        Decision, its ``why`` filled in). ``traits_changed=False`` promises the profile
+        traits are those of the last evaluation."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """Segments with readable names and profiles, for GET /segments."""

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
@@ -24,7 +24,8 @@ from ..segmentation.rules.live import MAX_DEFINITIONS_BYTES, format_of, parse_se
 from .access import Gate
 
 if TYPE_CHECKING:
-    from ..app import Runtime
+    from ..config import Settings
+    from ..redefinition import Definitions
 
 log = logging.getLogger(__name__)
 APPLY_WAIT_S = 10.0
@@ -44,15 +45,15 @@ async def read_bounded(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def register_definitions(rt: Runtime) -> None:
-    app = rt.app
+def register_definitions(app: Any, settings: Settings, live: Definitions) -> None:
+    """``GET /segmentations`` and ``PUT /admin/segmentations`` on ``app``, over ``live``."""
 
     @app.page("/segmentations")
     class Segmentations(View):
         async def get(self, request: Request) -> Response:
-            return self.json(rt.definitions.describe())
+            return self.json(live.describe())
 
-    token = rt.settings.admin_token
+    token = settings.admin_token
     if token is None or not token.get_secret_value():
         return
     denied = Gate(token, setting="SEGMENTER_ADMIN_TOKEN", realm="segmenter-admin",
@@ -68,7 +69,6 @@ def register_definitions(rt: Runtime) -> None:
             if body is None:
                 return self.json({"error": f"definitions over {MAX_DEFINITIONS_BYTES} bytes"},
                                  status=413)
-            live = rt.definitions
             try:
                 defs = parse_set(body, format=format_of(request.content_type or ""),
                                  source="api", name="request")

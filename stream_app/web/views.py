@@ -46,7 +46,7 @@ def register_views(rt: Runtime) -> None:
                     if tp.topic == rt.settings.input_topic),
                 "watermark": rt.watermark,
                 "stats": dict(rt.stats),
-                "dropped_stale": getattr(getattr(app, "batch_sink", None), "dropped_stale", 0),
+                "dropped_stale": app.batch_sink.dropped_stale if app.batch_sink else 0,
                 "broker": rt.broker_watch.report(),
             }
             return self.json(body, status=200 if consumer_ready else 503)
@@ -216,7 +216,7 @@ def customer_document(rt: Runtime, state: Any) -> dict[str, Any]:
     feats.update(predictions)
     segments: dict[str, Any] = {}
     for seg in rt.segmentations:
-        decision = seg.evaluate(state, feats, now, state.segment_aux.get(seg.name))
+        decision = seg.decide(state, feats, now, state.segment_aux.get(seg.name), explain=True)
         current = state.segments.get(seg.name)
         segments[seg.name] = {
             "segment": current,

@@ -66,7 +66,7 @@ class Customer:
         self.changes: list[tuple[str | None, str | None]] = []
 
     def see(self, f: dict[str, Any]) -> Decision:
-        d = self.seg.evaluate(self.state, f, 0.0, self.aux)
+        d = self.seg.decide(self.state, f, 0.0, self.aux, explain=True)
         before = self.state.segments.get(self.seg.name)
         if d.segment != before:
             self.changes.append((before, d.segment))
@@ -144,7 +144,7 @@ def test_retired_segment_moves_at_once() -> None:
 
 def test_cold_start_without_snapshot() -> None:
     seg = BehaviorSegmentation()
-    d = seg.evaluate(CustomerState("c1"), AT_B1, 0.0, None)
+    d = seg.decide(CustomerState("c1"), AT_B1, 0.0, None, explain=True)
     assert d.segment is None and d.reason == WARMING_UP and d.version is None
     assert seg.describe()["status"] == "no model"
 
@@ -153,16 +153,16 @@ def test_cold_start_with_an_immature_model() -> None:
     seg = BehaviorSegmentation(min_learned=1000)
     seg.load(snapshot(n_learned=999))
     state = CustomerState("c1")
-    d = seg.evaluate(state, AT_B1, 0.0, None)
+    d = seg.decide(state, AT_B1, 0.0, None, explain=True)
     assert (d.segment, d.reason, d.version) == (None, WARMING_UP, 1)
     assert seg.describe()["status"] == "warming up"
     seg.load(snapshot(version=2, n_learned=1000))
-    assert seg.evaluate(state, AT_B1, 0.0, None).segment == "b1"
+    assert seg.decide(state, AT_B1, 0.0, None, explain=True).segment == "b1"
 
 
 def test_restarted_worker_keeps_memberships_until_a_snapshot_arrives() -> None:
     state = CustomerState("c1", segments={"behavior": "b2"})
-    d = BehaviorSegmentation().evaluate(state, AT_B1, 0.0, None)
+    d = BehaviorSegmentation().decide(state, AT_B1, 0.0, None, explain=True)
     assert d.segment == "b2" and d.version is None
 
 
@@ -192,7 +192,7 @@ def test_batch_scoring_matches_single_evaluation_and_plain_distances() -> None:
     assert scores.nearest() == ["b1", "b1", "b1", "b2", "b2", "b2"]
     states = [CustomerState(f"c{i}") for i in range(len(batch))]
     many = seg.evaluate_many(states, batch, 0.0, [None] * len(batch))
-    assert many == [seg.evaluate(s, f, 0.0, None) for s, f in zip(states, batch, strict=True)]
+    assert many == [seg.decide(s, f, 0.0, None, explain=True) for s, f in zip(states, batch, strict=True)]
 
 
 def test_settings_are_validated() -> None:
@@ -229,7 +229,7 @@ def test_one_customer_scored_in_python_as_numpy_scores_a_batch() -> None:
     np.testing.assert_allclose(one, scores.distances, rtol=1e-9, atol=1e-9)
     states = [CustomerState(f"c{i}") for i in range(len(batch))]
     many = seg.evaluate_many(states, batch, 0.0, [None] * len(batch))
-    assert [d.segment for d in many] == [seg.evaluate(s, f, 0.0, None).segment
+    assert [d.segment for d in many] == [seg.decide(s, f, 0.0, None, explain=True).segment
                                          for s, f in zip(states, batch, strict=True)]
 
 
@@ -260,8 +260,8 @@ def test_decide_is_evaluate_without_the_decisions_that_change_nothing(
     assert saw_none and saw_decision
     # warming up, and without a model: always a Decision, as evaluate
     cold = BehaviorSegmentation(hysteresis, min_learned=10_000)
-    assert cold.decide(CustomerState("c"), views_at(1.0), 0.0, None) == cold.evaluate(
-        CustomerState("c"), views_at(1.0), 0.0, None)
+    assert cold.decide(CustomerState("c"), views_at(1.0), 0.0, None) == cold.decide(
+        CustomerState("c"), views_at(1.0), 0.0, None, explain=True)
     assert cold.load(snapshot())
-    assert cold.decide(CustomerState("c"), views_at(1.0), 0.0, None) == cold.evaluate(
-        CustomerState("c"), views_at(1.0), 0.0, None)
+    assert cold.decide(CustomerState("c"), views_at(1.0), 0.0, None) == cold.decide(
+        CustomerState("c"), views_at(1.0), 0.0, None, explain=True)

@@ -280,7 +280,7 @@ class Pipeline(RuleBasedStateMachine):
         by_id: dict[str, dict[str, Any]] = {}
         current: dict[tuple[str, str], str | None] = {}
         for change in c.changes:
-            rec = change.record
+            rec = change.document()
             first = by_id.setdefault(rec["change_id"], rec)
             assert first == rec, "one change_id named two different changes"
             if first is not rec:
@@ -294,7 +294,7 @@ class Pipeline(RuleBasedStateMachine):
         # customer's last event, and a new customer may start after them)
         last_at: dict[str, datetime] = {}
         for change in c.changes:
-            rec = change.record
+            rec = change.document()
             if rec["reason"] in ("erased on request", "merged into another customer"):
                 last_at.pop(rec["customer_id"], None)
                 continue

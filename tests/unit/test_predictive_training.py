@@ -243,8 +243,8 @@ def test_predictions_follow_events_and_ticks_and_drive_retention() -> None:
         now = state.last_seen + days * DAY
         assert step.start_tick(0, customers, now)
         tick = step.tick(customers, ["u1"], now, T0 + 400 * DAY, erased_keep_s=DAY)
-        moves += [c.record["segment"] for c in tick.changes
-                  if c.record["segmentation"] == "retention"]
+        moves += [c.record.segment for c in tick.changes
+                  if c.record.segmentation == "retention"]
     assert moves == ["at_risk_high_value", "probably_gone"]
     later = live.of(customers["u1"].purchases, state.last_seen + 120 * DAY)  # type: ignore[union-attr]
     assert later["p_alive"] < 0.2 < at_event["p_alive"]  # type: ignore[operator]

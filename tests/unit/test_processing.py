@@ -92,12 +92,13 @@ class Tier:
 
     name = "tier"
     version = 7
+    time_sensitive = True
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, float]] = []  # (customer, now) of every evaluation
 
-    def evaluate(self, state: CustomerState, feats: dict[str, Any], now: float,
-                 aux: Any) -> Decision:
+    def decide(self, state: CustomerState, feats: dict[str, Any], now: float, aux: Any,
+               traits_changed: bool = True, explain: bool = False) -> Decision:
         self.calls.append((state.customer_id, now))
         if feats["orders"] >= 1:
             segment: str | None = "buyer"
@@ -117,9 +118,10 @@ class Engaged:
 
     name = "engaged"
     version = None
+    time_sensitive = True
 
-    def evaluate(self, state: CustomerState, feats: dict[str, Any], now: float,
-                 aux: Any) -> Decision:
+    def decide(self, state: CustomerState, feats: dict[str, Any], now: float, aux: Any,
+               traits_changed: bool = True, explain: bool = False) -> Decision:
         if feats["engagement_recent"] >= 1.9:
             return Decision("engaged", "Engaged", None, "engagement >= 1.9")
         return Decision(None, None, None, "engagement < 1.9")
@@ -244,11 +246,11 @@ class Cluster:
                 for t in self.customers]
 
     def change_records(self) -> list[dict[str, Any]]:
-        return [c.record for c in self.changes]
+        return [c.document() for c in self.changes]
 
     def changes_of(self, cid: str, segmentation: str = "tier") -> list[tuple[Any, Any]]:
-        return [(c.record["previous_segment"], c.record["segment"]) for c in self.changes
-                if c.customer_id == cid and c.record["segmentation"] == segmentation]
+        return [(c.record.previous_segment, c.record.segment) for c in self.changes
+                if c.customer_id == cid and c.record.segmentation == segmentation]
 
 
 def identity_story(cluster: Cluster) -> None:
@@ -560,7 +562,7 @@ def test_erase_deletes_the_customer_and_its_memberships() -> None:
     assert set(customers) == {USER, anon_here}
     assert all(type(e) is Erased for e in customers.values())  # no data left, only markers
     [change] = res.changes
-    assert (change.record["previous_segment"], change.record["segment"]) == ("browser", None)
+    assert (change.record.previous_segment, change.record.segment) == ("browser", None)
     # the markers go with a tick once SEGMENTER_ERASED_KEEP_S has passed
     res = step.tick(customers, list(customers), T0 + DAY, WALL + 10, erased_keep_s=60.0)
     assert res.deleted == 0 and len(customers) == 2
@@ -579,7 +581,7 @@ def test_changes_only_on_actual_change_and_at_event_time() -> None:
     tier = step.segmentations[0]
     assert isinstance(tier, Tier)  # evaluated after every event, at that event's time
     assert tier.calls == [(USER, T0 + i) for i in range(6)] + [(USER, T0 + 10), (USER, T0 + 20)]
-    records = [c.record for c in res.changes]
+    records = [c.document() for c in res.changes]
     assert [(r["segmentation"], r["previous_segment"], r["segment"]) for r in records] == [
         ("tier", None, "browser"),
         ("engaged", None, "engaged"),  # four page views of 0.5
@@ -588,9 +590,9 @@ def test_changes_only_on_actual_change_and_at_event_time() -> None:
     assert records[1]["occurred_at"] == iso(T0 + 3).replace("+00:00", "Z")
     assert records[2]["model_version"] == 7 and records[2]["segment_name"] == "Buyer"
     assert records[2]["reason"] == "orders=1"
-    for r in records:
+    for c, r in zip(res.changes, records, strict=True):
         SegmentChange.model_validate(r)  # the published contract
-        assert orjson.loads(change_bytes(Change(USER, r, 0.0, 0.0))) == r
+        assert orjson.loads(change_bytes(c)) == r  # serialized by the model itself
     epoch = customers[USER].epoch
     assert records[2]["change_id"] == change_id(USER, "tier", "browser", "buyer", f"{epoch}#2")
     state = customers[USER]
@@ -607,7 +609,7 @@ def test_leaving_a_segment_emits_a_change_to_none() -> None:
                              customers, wall=T0 + 90 * DAY)
     assert res.applied == 1
     [change] = res.changes
-    assert (change.record["segmentation"], change.record["segment"]) == ("engaged", None)
+    assert (change.record.segmentation, change.record.segment) == ("engaged", None)
     assert "engaged" not in customers[USER].segments
 
 
@@ -634,10 +636,10 @@ def test_anonymous_history_is_merged_into_the_user() -> None:
     assert user.segments == {"tier": "buyer", "engaged": "engaged"}
     # the anonymous customer left its segments when it was merged away
     assert cluster.changes_of(AKEY) == [(None, "browser"), ("browser", None)]
-    merged_away = [c.record for c in cluster.changes if c.customer_id == AKEY][-1]
+    merged_away = [c.document() for c in cluster.changes if c.customer_id == AKEY][-1]
     assert merged_away["reason"] == "merged into another customer"  # no other id: PII
     assert cluster.changes_of(USER) == [(None, "browser"), ("browser", "buyer")]
-    ids = [c.record["change_id"] for c in cluster.changes]
+    ids = [c.record.change_id for c in cluster.changes]
     assert len(ids) == len(set(ids))
 
 
@@ -648,7 +650,7 @@ def test_erase_reaches_links_on_other_partitions_and_later_events_start_afresh()
     cluster.produce(ROUTED, P_USER, USER.encode(), routing.erase_op(USER, "er-1"), WALL)
     cluster.run()
     assert type(cluster.entry(USER)) is Erased and type(cluster.entry(AKEY)) is Erased
-    exits = [c.record for c in cluster.changes if c.record["reason"] == "erased on request"]
+    exits = [c.document() for c in cluster.changes if c.record.reason == "erased on request"]
     assert sorted((r["customer_id"], r["segmentation"], r["segment"]) for r in exits) == [
         (USER, "engaged", None), (USER, "tier", None)]
     # later events: the user starts afresh, the anonymous id is on its own again
@@ -715,7 +717,7 @@ def test_batch_boundaries_on_one_partition(chunk: int) -> None:
         msgs = [Message(INPUT, 0, i, None, orjson.dumps(d), T0) for i, d in enumerate(docs)]
         records = []
         for batch in chunks(msgs, size):
-            records += [c.record for c in step.run(0, batch, customers, WALL).changes]
+            records += [c.document() for c in step.run(0, batch, customers, WALL).changes]
         results.append((records, {c: codec.dumps(s) for c, s in customers.items()}))
     assert results[0] == results[1]
     assert len(results[0][0]) > 3
@@ -725,7 +727,7 @@ def test_change_ids_are_deterministic_across_runs() -> None:
     a, b = Cluster(), Cluster()
     identity_story(a)
     identity_story(b)
-    assert [c.record["change_id"] for c in a.changes] == [c.record["change_id"] for c in b.changes]
+    assert [c.record.change_id for c in a.changes] == [c.record.change_id for c in b.changes]
 
 
 def test_unkeyed_input_reaches_the_owner() -> None:
@@ -769,13 +771,13 @@ def test_a_late_event_does_not_flap_a_customer_out_and_back_and_ids_never_repeat
     docs = [page(T0 + i, user=USER, anon=None) for i in range(4)]
     res, customers = run_one(step, P_USER, docs)
     assert customers[USER].segments["engaged"] == "engaged"
-    ids = [c.record["change_id"] for c in res.changes]
+    ids = [c.record.change_id for c in res.changes]
     later = T0 + 60 * DAY
     assert step.start_tick(P_USER, customers, later)
     res = step.tick(customers, [USER], later, WALL, 3600.0)
-    assert [(c.record["previous_segment"], c.record["segment"]) for c in res.changes] == [
+    assert [(c.record.previous_segment, c.record.segment) for c in res.changes] == [
         ("engaged", None)]
-    ids += [c.record["change_id"] for c in res.changes]
+    ids += [c.record.change_id for c in res.changes]
     late = [page(T0 + 5 + i, user=USER, anon=None) for i in range(3)]
     res, customers = run_one(step, P_USER, late, customers)
     assert res.applied == 3 and res.changes == []  # no flap
@@ -785,10 +787,10 @@ def test_a_late_event_does_not_flap_a_customer_out_and_back_and_ids_never_repeat
     res, customers = run_one(step, P_USER, [page(later + i, user=USER, anon=None)
                                             for i in range(4)], customers, wall=later)
     assert res.applied == 4
-    ids += [c.record["change_id"] for c in res.changes]
+    ids += [c.record.change_id for c in res.changes]
     assert step.start_tick(P_USER, customers, later + 60 * DAY)
     res = step.tick(customers, [USER], later + 60 * DAY, WALL, 3600.0)
-    ids += [c.record["change_id"] for c in res.changes]
+    ids += [c.record.change_id for c in res.changes]
     assert len(ids) == 5 and len(set(ids)) == 5  # in: tier, engaged; out; in; out
 
 
@@ -801,5 +803,5 @@ def test_the_same_change_re_emitted_after_a_crash_keeps_its_id() -> None:
     batch = [track("Order Completed", T0 + 10, total=5, mid="o-9")]
     first, _ = run_one(step, P_USER, batch, {k: v.copy() for k, v in stored.items()}, offset=1)
     again, _ = run_one(step, P_USER, batch, {k: v.copy() for k, v in stored.items()}, offset=1)
-    assert [c.record for c in first.changes] == [c.record for c in again.changes]
+    assert [c.document() for c in first.changes] == [c.document() for c in again.changes]
     assert first.changes

@@ -63,7 +63,7 @@ def feed(step: Step, table: dict[str, Any], events: list[dict[str, Any]], first:
          ) -> list[dict]:
     msgs = [Message("in", 0, first + i, ev["userId"].encode(), orjson.dumps(ev), T0)
             for i, ev in enumerate(events)]
-    return [c.record for c in step.run(0, msgs, table, WALL).changes]
+    return [c.document() for c in step.run(0, msgs, table, WALL).changes]
 
 
 def stored_under_v1() -> tuple[Step, dict[str, Any], list[dict]]:
@@ -143,7 +143,7 @@ def test_backfill_moves_stored_customers_and_says_why() -> None:
     v2 = redefine(step, V2)
     new = {seg.name: seg.version for seg in step.redefinable}
     res = step.backfill(0, table, sorted(table), WALL + 5)
-    got = {(c.record["customer_id"], c.record["segmentation"]): c.record for c in res.changes}
+    got = {(c.record.customer_id, c.record.segmentation): c.document() for c in res.changes}
     assert set(got) == {("a", "spend"), ("a", "legacy"), ("b", "legacy"), ("b", "tier"),
                         ("c", "legacy")}
     a = got[("a", "spend")]
@@ -165,7 +165,7 @@ def test_backfill_moves_stored_customers_and_says_why() -> None:
         datetime.fromtimestamp(T0, UTC).date().isoformat())
     assert table["a"].segments == {"spend": "big"}
     assert table["b"].segments == {"spend": "small", "tier": "gold"}
-    ids = [c["change_id"] for c in before] + [c.record["change_id"] for c in res.changes]
+    ids = [c["change_id"] for c in before] + [c.record.change_id for c in res.changes]
     assert len(ids) == len(set(ids))
     # brought over: a second pass has nothing to do
     again = step.backfill(0, table, sorted(table), WALL + 10)
@@ -178,7 +178,7 @@ def test_backfill_replayed_after_a_crash_sends_the_same_changes() -> None:
     lost = copy.deepcopy(table)  # the state the crash left: the pass's writes never stored
     first = step.backfill(0, table, sorted(table), WALL + 5)
     replay = step.backfill(0, lost, sorted(lost), WALL + 99)
-    assert [c.record for c in replay.changes] == [c.record for c in first.changes]
+    assert [c.document() for c in replay.changes] == [c.document() for c in first.changes]
 
 
 def test_backfill_changes_ids_after_moving_back() -> None:
@@ -187,7 +187,7 @@ def test_backfill_changes_ids_after_moving_back() -> None:
     ids = [c["change_id"] for c in before]
     for text in (V2, V1, V2):
         redefine(step, text)
-        ids += [c.record["change_id"] for c in step.backfill(0, table, sorted(table), WALL)
+        ids += [c.record.change_id for c in step.backfill(0, table, sorted(table), WALL)
                 .changes]
     assert len(ids) == len(set(ids)) and len(ids) > len(before) + 10
 
@@ -201,7 +201,7 @@ def test_events_after_the_switch_use_the_new_definitions_and_backfill_skips_them
     assert spend[0]["reason"].startswith("definition changed (")
     res = step.backfill(0, table, ["a"], WALL)
     # only the removed segmentation is left to do for a
-    assert [(c.record["segmentation"], c.record["segment"]) for c in res.changes] == [
+    assert [(c.record.segmentation, c.record.segment) for c in res.changes] == [
         ("legacy", None)]
 
 

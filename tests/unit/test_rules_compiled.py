@@ -1,11 +1,13 @@
-"""The generated ``first_match`` of each rule segmentation agrees with its closures.
+"""The generated evaluator of each rule segmentation agrees with a plain interpreter.
 
 The worker asks a segmentation's :meth:`RuleSegmentation.decide` after every applied event;
-that runs the generated function (``compiled.py``) and builds a Decision from the closures
-(``language.py``) only when the segment moves. Both must pick the same segment for every
-customer, or a change would be missed or invented. Checked here on customers simulated
-event by event (the shipped defaults and a file using every operator), at each event's time
-and later, as the time tick evaluates them.
+that runs the generated ``first_match`` (``compiled.py``) and, only when the segment moves,
+the generated ``explain`` for the reason. Both must say what the language means for every
+customer (the reference: ``rules_reference.py``, a few readable lines per condition kind),
+or a change would be missed, invented or misexplained; and the cheap answer (None: nothing
+moves) must agree with the explained one. Checked here on customers simulated event by event
+(the shipped defaults and a file using every operator), at each event's time and later, as
+the time tick evaluates them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from stream_app.segmentation.rules.segmentation import RuleSegmentation
 from stream_app.simulate import simulate
 from stream_app.state.customer import DAY, CustomerState, StateConfig, apply_in_place, new_state
 from stream_app.state.features import features
+
+from . import rules_reference as reference
 
 EVERY_OPERATOR = """
 segmentations:
@@ -101,7 +105,7 @@ def _histories(customers: int, seed: int) -> dict[str, list[Any]]:
 
 
 @pytest.mark.parametrize("which", ["defaults", "every_operator"])
-def test_decide_and_segment_of_agree_with_evaluate(which: str) -> None:
+def test_decide_agrees_with_the_reference_and_with_itself_explained(which: str) -> None:
     segs = _segmentations(which)
     cfg = StateConfig()
     checked = moved = 0
@@ -124,8 +128,13 @@ def test_decide_and_segment_of_agree_with_evaluate(which: str) -> None:
                     before = (state.segments.get(seg.name), aux.get(seg.name))
                     decided = seg.decide(state, f, now, before[1],
                                          traits_changed=state.traits != traits)
-                    evaluated = seg.evaluate(state, f, now, before[1])
-                    assert seg.segment_of(state, f, now) == evaluated.segment
+                    evaluated = seg.decide(state, f, now, before[1], explain=True)
+                    assert evaluated is not None
+                    i, text = reference.first_match(
+                        [segment.when for segment in seg.definition.segments], state, f, now)
+                    assert evaluated.segment == (seg.definition.segments[i].id if i >= 0
+                                                 else None)
+                    assert evaluated.why["matched"] == text
                     if decided is None:
                         assert (evaluated.segment, evaluated.aux) == before
                     else:

@@ -63,7 +63,7 @@ def segment(segmentation: str, state: CustomerState, now: float = T0,
             model: LivePredictions = MODEL) -> str | None:
     seg = SEGMENTATIONS[segmentation]
     feats = {**features(state, now), **model.of(state.purchases, now)}
-    return seg.evaluate(state, feats, now, None).segment
+    return seg.decide(state, feats, now, None, explain=True).segment
 
 
 CASES: list[tuple[str, str | None, list[Interaction]]] = [

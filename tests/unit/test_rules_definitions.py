@@ -168,12 +168,12 @@ def _customer(orders: int, country: str | None = None) -> CustomerState:
 def test_first_matching_segment_wins_with_why() -> None:
     seg = _segmentations()["value"]
     s = _customer(6)
-    d = seg.evaluate(s, features(s, T0), T0, None)
+    d = seg.decide(s, features(s, T0), T0, None, explain=True)
     assert (d.segment, d.segment_name, d.reason) == ("big", "Big", "orders >= 5")
     assert d.why == {"matched": "orders >= 5", "not_matched": ()}
     assert d.version == d.aux == seg.version == definitions().segmentations[0].version
     s = _customer(2)
-    d = seg.evaluate(s, features(s, T0), T0, None)
+    d = seg.decide(s, features(s, T0), T0, None, explain=True)
     assert (d.segment, d.reason) == ("small", "orders >= 1")
     assert d.why == {"matched": "orders >= 1", "not_matched": ("big",)}
 
@@ -181,7 +181,7 @@ def test_first_matching_segment_wins_with_why() -> None:
 def test_no_segment_when_nothing_matches() -> None:
     seg = _segmentations()["geographic"]
     s = _customer(1, country="FR")
-    d = seg.evaluate(s, features(s, T0), T0, None)
+    d = seg.decide(s, features(s, T0), T0, None, explain=True)
     assert (d.segment, d.segment_name, d.reason) == (None, None, "no segment matches")
     assert d.why == {"matched": None, "not_matched": ("dach",)}
 
@@ -190,23 +190,23 @@ def test_a_change_caused_by_new_definitions_says_so() -> None:
     old = _segmentations()["geographic"]
     new = _segmentations(GOOD.replace("[DE, AT, CH]", "[DE, AT, CH, FR]"))["geographic"]
     s = _customer(1, country="FR")
-    first = old.evaluate(s, features(s, T0), T0, None)
+    first = old.decide(s, features(s, T0), T0, None, explain=True)
     assert first.segment is None
 
-    d = new.evaluate(s, features(s, T0), T0, first.aux)
+    d = new.decide(s, features(s, T0), T0, first.aux, explain=True)
     assert d.segment == "dach"
     assert d.reason == (f"definition changed ({old.version:08x} -> {new.version:08x}):"
                         " country in [DE, AT, CH, FR] and orders_30d >= 1")
     s.segments["geographic"] = "dach"  # what the worker stores
-    assert new.evaluate(s, features(s, T0), T0, d.aux).reason.startswith("country in")
+    assert new.decide(s, features(s, T0), T0, d.aux, explain=True).reason.startswith("country in")
 
     # a customer whose membership the new definitions do not change gets the plain reason
     de = _customer(1, country="DE")
     de.segments["geographic"] = "dach"
-    assert new.evaluate(de, features(de, T0), T0, first.aux).reason.startswith("country in")
+    assert new.decide(de, features(de, T0), T0, first.aux, explain=True).reason.startswith("country in")
     # ... and so does one leaving for another reason (time passing) under the same version
     later = T0 + 31 * DAY
-    assert new.evaluate(s, features(s, later), later, d.aux).reason == "no segment matches"
+    assert new.decide(s, features(s, later), later, d.aux, explain=True).reason == "no segment matches"
 
 
 def test_describe_lists_segments_in_order_with_their_conditions() -> None:

@@ -13,6 +13,7 @@ from stream_app.events.parse import flatten_traits
 from stream_app.predictive import BgNbdParams, GammaGammaParams
 from stream_app.predictive.live import PREDICTION_FEATURES, LivePredictions
 from stream_app.predictive.summary import from_orders
+from stream_app.segmentation.rules.compiled import compile_rules
 from stream_app.segmentation.rules.fields import (
     FEATURE_KINDS,
     NULLABLE_FEATURES,
@@ -30,8 +31,11 @@ CONDITION: TypeAdapter[Any] = TypeAdapter(Condition)
 def match(doc: dict[str, Any], feats: dict[str, Any] | None = None,
           traits: dict[str, Any] | None = None, state: CustomerState | None = None,
           now: float = T0) -> str | None:
+    """What matched of the condition (None: no match), by the service's one evaluator."""
     s = state if state is not None else CustomerState("c1", traits=traits or {})
-    return CONDITION.validate_python(doc).compile()(s, feats or {}, now)
+    rules = compile_rules([CONDITION.validate_python(doc)])
+    return rules.explain(0, s, feats or {}, now) if rules.first_match(s, feats or {}, now) == 0 \
+        else None
 
 
 def error(doc: Any) -> str:

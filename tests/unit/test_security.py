@@ -177,12 +177,13 @@ def test_every_topic_and_table_uses_a_byte_exact_codec(tmp_path: Path) -> None:
             table.changelog_topic)
     for agent in app.agents.values():
         seen[f"agent {agent.name}"] = _serializers(agent.channel)
-    for attr in ("input_topic", "routed_topic", "dlq_topic", "changes_topic", "model_topic",
-                 "trainer_checkpoints"):
-        topic = getattr(rt, attr, None)
-        if topic is not None:
-            seen[f"topic {attr}"] = _serializers(topic)
-    assert len(seen) >= 10, seen
+    assert rt.modeling is not None
+    for attr in ("input_topic", "routed_topic", "dlq_topic", "changes_topic"):
+        seen[f"topic {attr}"] = _serializers(getattr(rt, attr))
+    for attr in ("model_topic", "trainer_checkpoints", "training_topic"):
+        seen[f"topic {attr}"] = _serializers(getattr(rt.modeling, attr))
+    seen["topic definitions"] = _serializers(rt.definitions.topic)
+    assert len(seen) >= 12, seen
     allowed = {"raw", "utf8", "orjson", "customer-state", "json"}
     for what, pair in seen.items():
         for codec_name in pair:
@@ -237,11 +238,11 @@ def test_segment_changes_carry_no_personal_data() -> None:
     result = step.run(0, msgs, customers, wall)
     assert not result.dead_letters and result.applied == len(docs)
     assert len(result.changes) >= 12  # value, lifecycle, demographic, geographic ... moved
-    assert {c.record["segmentation"] for c in result.changes} >= {"rfm", "age_band", "gender",
+    assert {c.record.segmentation for c in result.changes} >= {"rfm", "age_band", "gender",
                                                                   "geographic"}
     fields = set(SegmentChange.model_fields)
     for change in result.changes:
-        record = change.record
+        record = change.document()
         assert set(record) == fields
         SegmentChange.model_validate(record)
         text = orjson.dumps(record).decode()

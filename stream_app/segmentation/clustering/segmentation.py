@@ -80,6 +80,7 @@ class BehaviorSegmentation:
     """Implements :class:`stream_app.segmentation.base.Segmentation`."""
 
     name = SEGMENTATION
+    time_sensitive = True  # recency and the decayed activity move with time alone
 
     def __init__(self, hysteresis: Hysteresis = Hysteresis(), min_learned: int = 1000) -> None:
         self.hysteresis = hysteresis
@@ -151,19 +152,11 @@ class BehaviorSegmentation:
              for v, (logged, mean, std) in zip(original(feats), m.scale_rows, strict=True)]
         return [dist(z, row) for row in m.rows]
 
-    def evaluate(self, state: CustomerState, feats: dict[str, Any], now: float,
-                 aux: Any) -> Decision:
-        m = self._model
-        if m is None or m.n_learned < self.min_learned:
-            return self.evaluate_many([state], [feats], now, [aux])[0]
-        dist = self.distances(feats)
-        assert dist is not None
-        best = dist.index(min(dist))  # the first of equals, as argmin
-        return self._decide(m, state.segments.get(self.name), dist, best, aux)
-
     def decide(self, state: CustomerState, feats: dict[str, Any], now: float, aux: Any,
-               traits_changed: bool = True) -> Decision | None:
-        """:meth:`evaluate`, or None when it would keep the segment and ``aux`` as they are.
+               traits_changed: bool = True, explain: bool = False) -> Decision | None:
+        """The nearest segment, through the hysteresis; or None when that keeps the
+        segment and ``aux`` as they are (unless ``explain``: then always the
+        :class:`Decision`, with why, for ``GET /customers/{id}``).
 
         The worker's call after every applied event: most events move no one, and the
         explanation a :class:`Decision` carries costs more than the scoring."""
@@ -172,10 +165,10 @@ class BehaviorSegmentation:
             return self.evaluate_many([state], [feats], now, [aux])[0]
         dist = self.distances(feats)
         assert dist is not None
-        best = dist.index(min(dist))
+        best = dist.index(min(dist))  # the first of equals, as argmin
         current = state.segments.get(self.name)
         col = m.column.get(current) if current is not None else None  # type: ignore[arg-type]
-        if (aux is None and col is not None
+        if (not explain and aux is None and col is not None
                 and (best == col or dist[best] >= (1.0 - self.hysteresis.margin) * dist[col])):
             return None  # stays, nothing pending: what _decide would say, without the why
         return self._decide(m, current, dist, best, aux)

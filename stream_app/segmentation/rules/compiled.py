@@ -1,10 +1,8 @@
-"""A segmentation's rules as one generated Python function: which segment matches first.
+"""The one evaluator of rule conditions: each segmentation's rules as generated Python.
 
-The closures of :meth:`Compare.compile` and friends say *why* a segment matched; that text is
-needed only when a customer's segment changes. After every applied event the worker only
-needs to know *which* segment matches, so each segmentation also gets a single function,
-generated once from the validated definitions, that tests its segments in order and returns
-the index of the first match (``-1``: none)::
+From the validated definitions, two functions are generated once per segmentation (no other
+code evaluates a condition). ``first_match`` tests the segments in order and returns the
+index of the first match (``-1``: none): the worker's call after every applied event::
 
     def first_match(s, f, now):
         x0 = f.get('recency_days')
@@ -17,26 +15,32 @@ the index of the first match (``-1``: none)::
         ...
         return -1
 
-One call instead of two or three per comparison: about five times cheaper. Every test is the
-same expression as in :func:`.language._test` (same operands, same order, same short
-circuits), except that the type test is left out where the value is a float by construction
-(number features: ``features()`` gives them as floats, always; window sums; not the
-predictions, which may be None).
-``tests/unit/test_rules_compiled.py`` checks the two against each other on simulated
-customers. Nothing from a definitions file is pasted into the source: names and
-operands are bound as globals of the generated function.
+One call instead of two or three per comparison (closures per condition cost about five
+times as much). A value of the wrong type never matches (a number test needs a number, a text
+test a string, ``contains`` a list), except that the type test is left out where the value is
+a float by construction (number features: ``features()`` gives them as floats, always; window
+sums; not the predictions, which may be None).
+
+``explain(i, s, f, now)`` says *why* segment ``i`` matched, the text of what matched (for an
+``or``, its first matching branch), needed only when a customer's segment changes: it is the
+change's ``reason``. ``tests/unit/test_rules_language.py`` checks every operator through these
+functions and ``tests/unit/test_rules_compiled.py`` checks both against a plain interpreter of
+the language on simulated customers. Nothing from a definitions file is pasted into the
+source: names and operands are bound as globals of the generated functions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ...state.customer import CustomerState
 from .fields import NULLABLE_FEATURES
-from .language import _NUMBER, And, Compare, Condition, Not, Or, _present
+from .language import _NUMBER, And, Compare, Condition, Not, Or, _fixed_text, _present
 
 FirstMatch = Callable[[CustomerState, Mapping[str, Any], float], int]
+Explain = Callable[[int, CustomerState, Mapping[str, Any], float], str]
 
 _SYMBOL = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -51,7 +55,8 @@ class _Source:
     def __init__(self) -> None:
         self.globals: dict[str, Any] = {
             "_NUMBER": _NUMBER, "_SEQUENCE": (list, tuple), "_present": _present,
-            "_any_in": _any_casefolded_in, "__builtins__": {"isinstance": isinstance, "str": str},
+            "_any_in": _any_casefolded_in, "_join": " and ".join,
+            "__builtins__": {"isinstance": isinstance, "str": str, "IndexError": IndexError},
         }
         self.reads: dict[tuple[str, str], str] = {}  # (feature|trait, name) -> local name
 
@@ -76,7 +81,7 @@ class _Source:
 
 
 def _expr(cond: Condition, src: _Source) -> str:
-    """A Python expression, true exactly when ``cond.compile()`` returns a text."""
+    """A Python expression, true exactly when ``cond`` matches."""
     if isinstance(cond, And):
         return "(" + " and ".join(_expr(c, src) for c in cond.all_of) + ")"
     if isinstance(cond, Or):
@@ -104,7 +109,7 @@ def _expr(cond: Condition, src: _Source) -> str:
 
 def _test_number(op: str, value: Any, v: str, src: _Source) -> str:
     """The comparison of a value known to be a float (a window's sum, a number feature);
-    ``v`` appears once in it. Same results as :func:`.language._test` on floats."""
+    ``v`` appears once in it. Same results as :func:`_test` on floats."""
     if op in _SYMBOL:
         return f"({v} {_SYMBOL[op]} {src.const(value)})"
     if op == "between":
@@ -114,7 +119,8 @@ def _test_number(op: str, value: Any, v: str, src: _Source) -> str:
 
 
 def _test(kind: str, op: str, value: Any, v: str, src: _Source, bind: str) -> str:
-    """The expression of :func:`.language._test` for subject ``v`` (``bind`` reads it first)."""
+    """The test of one operator on subject ``v`` (``bind`` reads it first), its operand
+    prepared once (case-folded, in a set)."""
     if op == "exists":
         return f"_present({bind})" if value else f"(not _present({bind}))"
     if kind == "number":
@@ -136,18 +142,51 @@ def _test(kind: str, op: str, value: Any, v: str, src: _Source, bind: str) -> st
     return f"(isinstance({bind}, _SEQUENCE) and _any_in({v}, {wanted}))"
 
 
-def compile_first_match(conditions: Sequence[Condition], label: str = "rules") -> FirstMatch:
-    """One function ``(state, features, now) -> index of the first matching condition``."""
+def _text(cond: Condition, src: _Source) -> str:
+    """A Python expression for what matched of ``cond``, evaluated only when it matches:
+    the condition's text, or for an ``or`` the text of its first matching branch (joined
+    with ``and`` for an ``and`` holding one)."""
+    if isinstance(cond, And) and not _fixed_text(cond):
+        return "_join((" + "".join(_text(c, src) + ", " for c in cond.all_of) + "))"
+    if isinstance(cond, Or):
+        *first, last = cond.any_of
+        expr = _text(last, src)  # the last branch: the one left when the others did not match
+        for c in reversed(first):
+            expr = f"({_text(c, src)} if {_expr(c, src)} else {expr})"
+        return expr
+    return src.const(cond.text)
+
+
+def _generate(name: str, args: str, body: list[str], src: _Source, label: str) -> Any:
+    lines = [f"def {name}({args}):", *src.prologue(), *body]
+    exec(compile("\n".join(lines) + "\n", f"<segmentation {label}>", "exec"), src.globals)
+    fn = src.globals[name]
+    fn.__doc__ = "\n".join(lines)  # the generated source, for whoever debugs it
+    return fn
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRules:
+    """A segmentation's conditions, compiled (see the module's docstring)."""
+
+    first_match: FirstMatch  # (state, features, now) -> index of the first match, or -1
+    explain: Explain  # (index, state, features, now) -> what matched of that condition
+
+
+def compile_rules(conditions: Sequence[Condition], label: str = "rules") -> CompiledRules:
+    """The generated ``first_match`` and ``explain`` of ``conditions``, tested in order."""
     src = _Source()
     body: list[str] = []
     for i, cond in enumerate(conditions):
         body += [f"    if {_expr(cond, src)}:", f"        return {i}"]
-    lines = ["def first_match(s, f, now):", *src.prologue(), *body, "    return -1"]
-    namespace = src.globals
-    exec(compile("\n".join(lines) + "\n", f"<segmentation {label}>", "exec"), namespace)
-    fn: FirstMatch = namespace["first_match"]
-    fn.__doc__ = "\n".join(lines)  # the generated source, for whoever debugs it
-    return fn
+    first_match = _generate("first_match", "s, f, now", [*body, "    return -1"], src, label)
+    src = _Source()
+    body = []
+    for i, cond in enumerate(conditions):
+        body += [f"    if i == {i}:", f"        return {_text(cond, src)}"]
+    explain = _generate("explain", "i, s, f, now", [*body, "    raise IndexError(i)"], src,
+                        label)
+    return CompiledRules(first_match, explain)
 
 
 def subjects(cond: Condition) -> set[tuple[str, str]]:

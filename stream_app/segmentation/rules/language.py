@@ -21,14 +21,12 @@ Semantics worth knowing:
   wrong type) fails every comparison except ``exists: false``, like NULL in SQL: to include
   customers without a country in a "not in" test, write ``not: {trait: country, in: [...]}``.
 
-:meth:`compile` turns a condition into a closure ``(state, features, now) -> str | None``
-once, at load; evaluating it returns the readable text of what matched (for an ``or``, the
-branch that matched) or ``None``.
+Conditions are evaluated by the code :mod:`.compiled` generates from them, once, at load:
+the one evaluator of this language.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -48,7 +46,6 @@ from pydantic_core import PydanticCustomError
 from ...state.customer import DAY, CustomerState
 from .fields import FEATURE_KINDS, TIME_FEATURES, TRAIT_KINDS, Kind, did_you_mean
 
-Predicate = Callable[[CustomerState, Mapping[str, Any], float], str | None]
 Value = StrictBool | StrictFloat | StrictStr
 
 # Operators, by the alias written in files; the model attribute is the value.
@@ -61,10 +58,6 @@ OPERATORS_BY_KIND: dict[Kind, tuple[str, ...]] = {
     "number": ("==", "!=", "<", "<=", ">", ">=", "between", "in", "not in", "exists"),
     "text": ("==", "!=", "in", "not in", "exists"),
     "list": ("contains", "contains any", "exists"),
-}
-_ORDER: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-    ">": operator.gt, ">=": operator.ge,
 }
 SUBJECTS = ("feature", "trait", "window")
 
@@ -199,30 +192,6 @@ class Compare(StrictModel):
     def time_sensitive(self) -> bool:
         return self.window is not None or self.feature in TIME_FEATURES
 
-    def compile(self) -> Predicate:
-        # One closure per subject source, the getter inlined: evaluation is the hot path
-        # (every segmentation, every event), and each Python call level costs.
-        test = _test(self._resolve()[0], *self._operator())
-        text = self.text
-        if self.feature is not None:
-            feature = self.feature
-
-            def on_feature(s: CustomerState, f: Mapping[str, Any], now: float) -> str | None:
-                return text if test(f.get(feature)) else None
-            return on_feature
-        if self.trait is not None:
-            trait = self.trait
-
-            def on_trait(s: CustomerState, f: Mapping[str, Any], now: float) -> str | None:
-                return text if test(s.traits.get(trait)) else None
-            return on_trait
-        assert self.window is not None  # validated: exactly one subject
-        window = self.window.getter()
-
-        def on_window(s: CustomerState, f: Mapping[str, Any], now: float) -> str | None:
-            return text if test(window(s, f, now)) else None
-        return on_window
-
 
 class And(StrictModel):
     expects: ClassVar[str] = ("a mapping with and / or / not holds nothing else:"
@@ -237,28 +206,6 @@ class And(StrictModel):
     def time_sensitive(self) -> bool:
         return any(c.time_sensitive for c in self.all_of)
 
-    def compile(self) -> Predicate:
-        parts = tuple(c.compile() for c in self.all_of)
-        if _fixed_text(self):  # what matched is always the whole text: nothing to join
-            text = self.text
-
-            def all_of_fixed(s: CustomerState, f: Mapping[str, Any], now: float) -> str | None:
-                for part in parts:
-                    if part(s, f, now) is None:
-                        return None
-                return text
-            return all_of_fixed
-
-        def all_of(s: CustomerState, f: Mapping[str, Any], now: float) -> str | None:
-            texts = []
-            for part in parts:
-                text = part(s, f, now)
-                if text is None:
-                    return None
-                texts.append(text)
-            return " and ".join(texts)
-        return all_of
-
 
 class Or(StrictModel):
     expects: ClassVar[str] = And.expects
@@ -272,17 +219,6 @@ class Or(StrictModel):
     def time_sensitive(self) -> bool:
         return any(c.time_sensitive for c in self.any_of)
 
-    def compile(self) -> Predicate:
-        parts = tuple(c.compile() for c in self.any_of)
-
-        def any_of(s: CustomerState, f: Mapping[str, Any], now: float) -> str | None:
-            for part in parts:
-                text = part(s, f, now)
-                if text is not None:
-                    return text
-            return None
-        return any_of
-
 
 class Not(StrictModel):
     expects: ClassVar[str] = And.expects
@@ -295,13 +231,6 @@ class Not(StrictModel):
     @property
     def time_sensitive(self) -> bool:
         return self.negated.time_sensitive
-
-    def compile(self) -> Predicate:
-        inner, text = self.negated.compile(), self.text
-
-        def negation(s: CustomerState, f: Mapping[str, Any], now: float) -> str | None:
-            return text if inner(s, f, now) is None else None
-        return negation
 
 
 def _fixed_text(condition: BaseModel) -> bool:
@@ -379,25 +308,3 @@ def _present(value: Any) -> bool:
 
 
 _NUMBER = (int, float)
-
-
-def _test(kind: Kind, op: str, value: Any) -> Callable[[Any], bool]:
-    """The test for one operator, with its operand prepared once (case-folded, in a set)."""
-    if op == "exists":
-        return _present if value else (lambda v: not _present(v))
-    if kind == "number":
-        if op in _ORDER:
-            order = _ORDER[op]
-            return lambda v: isinstance(v, _NUMBER) and order(v, value)
-        if op == "between":
-            low, high = value
-            return lambda v: isinstance(v, _NUMBER) and low <= v <= high
-        numbers, inside = frozenset(value), op == "in"
-        return lambda v: isinstance(v, _NUMBER) and (v in numbers) == inside
-    if kind == "text":
-        texts = frozenset(v.casefold() for v in (value if isinstance(value, list) else [value]))
-        inside = op in ("==", "in")
-        return lambda v: isinstance(v, str) and (v.casefold() in texts) == inside
-    wanted = frozenset(v.casefold() for v in (value if isinstance(value, list) else [value]))
-    return lambda v: isinstance(v, list | tuple) and any(
-        isinstance(item, str) and item.casefold() in wanted for item in v)

@@ -2,7 +2,7 @@
 
 One :class:`RuleSegmentation` per segmentation of the definitions file, each meeting the
 :class:`~stream_app.segmentation.base.Segmentation` contract. Conditions are compiled to
-closures once, at load, so an evaluation is a few function calls per segment tried.
+generated Python once, at load (:mod:`.compiled`), so an evaluation is one function call.
 
 The per-customer ``aux`` is the version of the segmentation's definition the customer was
 last evaluated under. When it differs from the current one and the membership changes, the
@@ -13,26 +13,16 @@ moving at once, on the next event or time tick) from a change in the customer's 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...state.customer import CustomerState
 from ..base import Decision
-from .compiled import compile_first_match, subjects
+from .compiled import compile_rules, subjects
 from .definitions import SegmentationDef, load_definitions
-from .language import Predicate
 
 NO_MATCH = "no segment matches"
 REDEFINED = "definition changed"  # the reason's prefix when the definition moved a customer
-
-
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    id: str
-    name: str
-    matches: Predicate
-    tried_before: tuple[str, ...]  # ids of the segments that did not match if this one wins
 
 
 class RuleSegmentation:
@@ -45,12 +35,10 @@ class RuleSegmentation:
         # only the segmentations where this is True.
         self.time_sensitive = definition.time_sensitive
         self._version = definition.version
-        ids = tuple(seg.id for seg in definition.segments)
-        self._ids = ids
-        self._rules = tuple(_Rule(seg.id, seg.name, seg.when.compile(), ids[:i])
-                            for i, seg in enumerate(definition.segments))
-        self._first_match = compile_first_match([seg.when for seg in definition.segments],
-                                                self.name)
+        self._ids = tuple(seg.id for seg in definition.segments)
+        self._names = tuple(seg.name for seg in definition.segments)
+        rules = compile_rules([seg.when for seg in definition.segments], self.name)
+        self._first_match, self._explain = rules.first_match, rules.explain
         # Reads nothing but profile traits (age band, country, interests ...): its segment
         # can only move when the traits do.
         self.traits_only = all(kind == "trait" for seg in definition.segments
@@ -60,25 +48,11 @@ class RuleSegmentation:
     def version(self) -> int:
         return self._version
 
-    def evaluate(self, state: CustomerState, feats: Mapping[str, Any], now: float,
-                 aux: Any) -> Decision:
-        for rule in self._rules:
-            matched = rule.matches(state, feats, now)
-            if matched is not None:
-                return self._decide(state, rule.id, rule.name, matched,
-                                    {"matched": matched, "not_matched": rule.tried_before}, aux)
-        return self._decide(state, None, None, NO_MATCH,
-                            {"matched": None, "not_matched": self._ids}, aux)
-
-    def segment_of(self, state: CustomerState, feats: Mapping[str, Any], now: float
-                   ) -> str | None:
-        """The segment :meth:`evaluate` would pick, without building the explanation."""
-        i = self._first_match(state, feats, now)
-        return self._ids[i] if i >= 0 else None
-
     def decide(self, state: CustomerState, feats: Mapping[str, Any], now: float, aux: Any,
-               traits_changed: bool = True) -> Decision | None:
-        """:meth:`evaluate`, or None when it would keep the customer's segment and ``aux``.
+               traits_changed: bool = True, explain: bool = False) -> Decision | None:
+        """The segment of the first matching segment's condition (None: none matches), or
+        None when that keeps the customer's segment and ``aux`` (unless ``explain``: then
+        always the :class:`Decision`, with why, for ``GET /customers/{id}``).
 
         The worker's call after every applied event: the common case, nothing moves, costs
         one generated function call and builds no :class:`Decision`. ``traits_changed=False``
@@ -86,13 +60,19 @@ class RuleSegmentation:
         evaluated on (``aux`` says under which version): then a segmentation of traits alone
         has nothing to look at.
         """
-        if type(aux) is int and aux == self._version:  # else evaluate() says more
-            if self.traits_only and not traits_changed:
-                return None
-            i = self._first_match(state, feats, now)
-            if (self._ids[i] if i >= 0 else None) == state.segments.get(self.name):
-                return None
-        return self.evaluate(state, feats, now, aux)
+        current = type(aux) is int and aux == self._version  # else the Decision says more
+        if current and not explain and self.traits_only and not traits_changed:
+            return None
+        i = self._first_match(state, feats, now)
+        segment = self._ids[i] if i >= 0 else None
+        if current and not explain and segment == state.segments.get(self.name):
+            return None
+        if i < 0:
+            return self._decide(state, None, None, NO_MATCH,
+                                {"matched": None, "not_matched": self._ids}, aux)
+        matched = self._explain(i, state, feats, now)
+        return self._decide(state, segment, self._names[i], matched,
+                            {"matched": matched, "not_matched": self._ids[:i]}, aux)
 
     def _decide(self, state: CustomerState, segment: str | None, name: str | None,
                 reason: str, why: dict[str, Any], aux: Any) -> Decision:
