@@ -41,7 +41,9 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 1024**2, "max_write_buffer_number": 
 
 
 class Runtime:
-    """Everything a worker holds: settings, the app, tables, topics and live statistics."""
+    """The host of one worker: the Faust app, its topics and tables, delivery of records to
+    the pipeline (the core) and of its outputs to the broker, in order (outputs, then state,
+    then acks), and the live statistics. Implements :class:`.worker_view.WorkerHost`."""
 
     def __init__(self, settings: Settings, segmentations: list[Segmentation] | None = None,
                  definitions: Any = None) -> None:
@@ -117,9 +119,11 @@ class Runtime:
         # live rule definitions: the topic, the file watcher, the backfill, their views
         # (``definitions``: redefinition.Startup; None: the file's)
         self.definitions = redefinition.install(self, definitions)
+        from .web.admin import register_admin
         from .web.views import register_views
 
-        register_views(self)
+        register_views(self)  # read-only views (worker_view.WorkerView)
+        register_admin(self)  # DELETE /admin/customers/{id}: erasure requests
 
     def _table(self, name: str, value_serializer: str) -> Any:
         # RocksDB: Faust's defaults (64 MiB x 3 write buffers and a 2 GiB block cache, for
@@ -283,7 +287,7 @@ class Runtime:
         Returns what each chunk that wrote something produced (its counts), once each
         partition's last chunk is on the broker."""
         n = self.settings.partitions
-        owned = set(self._assigned())
+        owned = set(self.assigned())
         # Keys only, the staged writes' too (a customer whose state is not in the table yet
         # is a customer all the same): the states are read a chunk at a time. Reading them
         # all up front decoded every customer at once, and that peak stayed in the worker's
@@ -353,7 +357,8 @@ class Runtime:
         async def close_watch(app: Any, **kwargs: Any) -> None:
             await self.broker_watch.close()
 
-    def _assigned(self) -> list[int]:
+    def assigned(self) -> list[int]:
+        """The partitions this worker owns (none while it is not in the group)."""
         try:
             tps = self.app.consumer.assignment()
         except Exception:
@@ -363,7 +368,7 @@ class Runtime:
     def _refresh_gauges(self) -> None:
         if not self.ready():
             return
-        assigned = self._assigned()
+        assigned = self.assigned()
         generation = self.app.consumer_generation_id
         if generation != self._sizes_generation:
             self._recount(assigned)
@@ -412,7 +417,15 @@ class Runtime:
         await self.sweep(lambda p, keys, wall: pipeline.tick(p, states, keys, now, wall),
                          start=lambda p: pipeline.start_tick(p, states, now))
 
-    # --- helpers for web views -------------------------------------------------------------------
+    # --- what the views see (worker_view.WorkerView) ---------------------------------------------
+    @property
+    def table_name(self) -> str:
+        return str(self.customers.name)
+
+    def customer_ids(self) -> list[str]:
+        """The keys of the customer table on this worker (states, links, markers)."""
+        return list(self.customers.keys())
+
     def customer(self, customer_id: str) -> Any:
         """A customer's state on this worker, as of the last batch handled (None if absent
         here)."""

@@ -26,19 +26,19 @@ from .kafka.clients import aiokafka_config
 from .segmentation.clustering import BehaviorSegmentation, Trainer, TrainerSettings
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .worker_view import WorkerHost
 
 log = logging.getLogger(__name__)
 MODEL_KEY = b"behavior"
 
 
-def trainer_settings(rt: Runtime) -> TrainerSettings:
+def trainer_settings(rt: WorkerHost) -> TrainerSettings:
     from .evaluation import trainer_settings as from_settings
 
     return from_settings(rt.settings)
 
 
-async def read_last(rt: Runtime, topic: str, timeout: float = 60.0) -> bytes | None:
+async def read_last(rt: WorkerHost, topic: str, timeout: float = 60.0) -> bytes | None:
     """The newest value of a one-partition topic (None when empty or missing).
 
     Reads to the partition's end offset as the broker reports it when the read starts, not
@@ -111,7 +111,7 @@ class Modeling:
     trainer_checkpoints: Any
 
 
-def install(rt: Runtime, behavior: BehaviorSegmentation) -> Modeling:
+def install(rt: WorkerHost, behavior: BehaviorSegmentation) -> Modeling:
     """Declare the training topic, the trainer agent and the model follower on ``rt.app``."""
     s = rt.settings
     app = rt.app
@@ -182,7 +182,7 @@ def install(rt: Runtime, behavior: BehaviorSegmentation) -> Modeling:
     return Modeling(training, model_topic, trainer_checkpoints)
 
 
-async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
+async def _follow(rt: WorkerHost, behavior: BehaviorSegmentation) -> None:
     rescorer = Rescorer(rt, behavior)
     consumer = aiokafka.AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
                                          **aiokafka_config(rt.settings))
@@ -220,7 +220,7 @@ async def _follow(rt: Runtime, behavior: BehaviorSegmentation) -> None:
         await consumer.stop()
 
 
-def load_predictions(rt: Runtime, snapshot: dict[str, Any]) -> bool:
+def load_predictions(rt: WorkerHost, snapshot: dict[str, Any]) -> bool:
     """Load a snapshot's predictive parameters (True when those in force changed). A part
     that cannot be read is logged and skipped: the parameters loaded before stay."""
     if rt.predictions is None:
@@ -259,7 +259,7 @@ class Rescorer:
     one more pass after it, not one each. With new predictive parameters the pass also
     re-scores the rule segmentations that read predictions."""
 
-    def __init__(self, rt: Runtime, behavior: BehaviorSegmentation) -> None:
+    def __init__(self, rt: WorkerHost, behavior: BehaviorSegmentation) -> None:
         self.rt = rt
         self.behavior = behavior
         self.wanted = asyncio.Event()
@@ -292,7 +292,7 @@ class Rescorer:
                 log.warning("re-scoring after a model update failed", exc_info=True)
 
 
-async def rescore_all(rt: Runtime, behavior: BehaviorSegmentation,
+async def rescore_all(rt: WorkerHost, behavior: BehaviorSegmentation,
                       segmentations: list[Any] | None = None) -> int:
     """Re-score the behaviour segment (or ``segmentations``) of every customer of this
     worker's partitions, in chunks under the state lock, written and published as a time

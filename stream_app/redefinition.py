@@ -49,7 +49,7 @@ from .segmentation.rules.live import (
 )
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .worker_view import WorkerHost
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def startup_definitions(settings: Settings, timeout_s: float = 30.0) -> Startup:
 class Definitions:
     """The definitions in force on this worker, and how they change."""
 
-    def __init__(self, rt: Runtime, startup: Startup, topic: Any = None) -> None:
+    def __init__(self, rt: WorkerHost, startup: Startup, topic: Any = None) -> None:
         self.rt = rt
         self.topic = topic  # the definitions topic (Faust's), where publish() writes
         self.current = startup.definitions
@@ -292,7 +292,7 @@ class Backfill:
     a switch during a pass asks for one more pass after it. A pass also runs after each
     rebalance, for partitions whose previous owner stopped halfway."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: WorkerHost) -> None:
         self.rt = rt
         self.wanted = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -333,7 +333,7 @@ class Backfill:
                 self.running = False
 
 
-async def backfill_all(rt: Runtime) -> dict[str, Any]:
+async def backfill_all(rt: WorkerHost) -> dict[str, Any]:
     """One pass over the customers of this worker's partitions (see :class:`Backfill`)."""
     started = time.monotonic()
     version = rt.step.definitions_version
@@ -351,10 +351,10 @@ async def backfill_all(rt: Runtime) -> dict[str, Any]:
             "seconds": round(seconds, 3), "finished_at": time.time()}
 
 
-def install(rt: Runtime, startup: Startup | None = None) -> Definitions:
+def install(rt: WorkerHost, startup: Startup | None = None) -> Definitions:
     """Declare the definitions topic, the follower, the file watcher and the backfill on
     ``rt.app``; ``startup`` from :func:`startup_definitions` (None: the file's, for tools
-    and tests that build a Runtime without a broker)."""
+    and tests that build a worker without a broker)."""
     from .web.definitions import register_definitions
 
     s = rt.settings

@@ -20,14 +20,14 @@ from .. import routing
 from .access import Gate
 
 if TYPE_CHECKING:
-    from ..app import Runtime
+    from ..worker_view import WorkerHost
 
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 512
 
 
-def register_admin(rt: Runtime) -> None:
+def register_admin(rt: WorkerHost) -> None:
     token = rt.settings.admin_token
     if token is None or not token.get_secret_value():
         log.info("admin endpoints off (SEGMENTER_ADMIN_TOKEN is not set)")

@@ -34,7 +34,7 @@ from ..state.customer import CustomerState
 from .access import Gate
 
 if TYPE_CHECKING:
-    from ..app import Runtime
+    from ..worker_view import WorkerView
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -95,7 +95,7 @@ class LocalMembers:
     SCAN_CHUNK = 2000
     MAX_CACHED = 8  # segments
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: WorkerView) -> None:
         self.rt = rt
         # (segmentation, segment) -> (scanned at, partitions scanned, sorted ids)
         self.cache: dict[tuple[str, str], tuple[float, tuple[int, ...], list[str]]] = {}
@@ -121,7 +121,7 @@ class LocalMembers:
                    ) -> dict[str, Any]:
         """The first ``limit`` ids after ``after``, whether there may be more, and the
         partitions they come from."""
-        owned = tuple(self.rt._assigned())
+        owned = tuple(self.rt.assigned())
         key = (segmentation, segment)
         now = time.monotonic()
         cached = self.cache.get(key)
@@ -143,7 +143,7 @@ class LocalMembers:
         return {"members": out[:limit], "more": len(out) > limit, "partitions": list(owned)}
 
 
-def _peers(rt: Runtime) -> set[str]:
+def _peers(rt: WorkerView) -> set[str]:
     me = str(rt.app.conf.canonical_url).rstrip("/")
     try:
         return {str(url).rstrip("/") for url in rt.app.router.tables_metadata()} - {me}
@@ -155,7 +155,7 @@ class Unavailable(RuntimeError):
     """Answered 503: the page would be incomplete."""
 
 
-async def cluster_members(rt: Runtime, local: LocalMembers, request: Request,
+async def cluster_members(rt: WorkerView, local: LocalMembers, request: Request,
                           segmentation: str, segment: str, after: str | None, limit: int
                           ) -> dict[str, Any]:
     """One page merged from every worker's local answer."""
@@ -199,7 +199,7 @@ async def cluster_members(rt: Runtime, local: LocalMembers, request: Request,
             "next_cursor": encode_cursor(page[-1]) if more and page else None}
 
 
-def register_members(rt: Runtime) -> None:
+def register_members(rt: WorkerView) -> None:
     personal = Gate(rt.settings.api_token, setting="SEGMENTER_API_TOKEN",
                     realm="segmenter", loopback_without_token=True)
     local = LocalMembers(rt)

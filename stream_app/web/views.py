@@ -17,19 +17,17 @@ from ..state.codec import to_json
 from ..state.customer import CustomerState, Link
 from ..state.features import features
 from .access import Gate
-from .admin import register_admin
 from .members import register_members
 
 if TYPE_CHECKING:
-    from ..app import Runtime
+    from ..worker_view import WorkerView
 
 STATIC = Path(__file__).parent / "static"
 DISTRIBUTION_SAMPLE = 5000  # customers per worker in the dashboard's predictions panel
 
 
-def register_views(rt: Runtime) -> None:
+def register_views(rt: WorkerView) -> None:
     app = rt.app
-    register_admin(rt)
     register_members(rt)  # GET /segments/{segmentation}/{segment}/members
 
     @app.page("/health")
@@ -62,7 +60,7 @@ def register_views(rt: Runtime) -> None:
                 return refused
             # The customer's partition may be served by another worker: proxy there.
             try:
-                return await app.router.route_req(rt.customers.name, customer_id, self.web,
+                return await app.router.route_req(rt.table_name, customer_id, self.web,
                                                   request)
             except SameNode:
                 pass
@@ -121,7 +119,7 @@ def register_views(rt: Runtime) -> None:
             if rt.predictions is None:
                 return self.json({"customers": 0, "version": None, "off": True})
             if cached["doc"] is None or time.monotonic() - cached["at"] > 15.0:
-                keys = list(rt.customers.keys())
+                keys = list(rt.customer_ids())
                 every = max(1, len(keys) // DISTRIBUTION_SAMPLE)
                 states = (rt.customer(k) for k in keys[::every])
                 cached["doc"] = distribution(
@@ -143,9 +141,9 @@ def register_views(rt: Runtime) -> None:
             return self.json(segments_document(rt, sizes))
 
 
-def local_sizes(rt: Runtime) -> dict[str, dict[str, int]]:
+def local_sizes(rt: WorkerView) -> dict[str, dict[str, int]]:
     totals: dict[str, dict[str, int]] = {}
-    for partition in rt._assigned():
+    for partition in rt.assigned():
         for seg, counts in rt.sizes.get(partition, {}).items():
             bucket = totals.setdefault(seg, {})
             for segment, n in counts.items():
@@ -154,7 +152,7 @@ def local_sizes(rt: Runtime) -> dict[str, dict[str, int]]:
     return totals
 
 
-async def cluster_sizes(rt: Runtime, local: dict[str, dict[str, int]]
+async def cluster_sizes(rt: WorkerView, local: dict[str, dict[str, int]]
                         ) -> dict[str, dict[str, int]]:
     """Sum the local sizes of every worker in the group (one request to each peer)."""
     me = str(rt.app.conf.canonical_url).rstrip("/")
@@ -184,7 +182,7 @@ async def cluster_sizes(rt: Runtime, local: dict[str, dict[str, int]]
     return totals
 
 
-def segments_document(rt: Runtime, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+def segments_document(rt: WorkerView, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
     out = []
     for seg in rt.segmentations:
         desc = seg.describe()
@@ -206,7 +204,7 @@ def segments_document(rt: Runtime, sizes: dict[str, dict[str, int]]) -> dict[str
     return {"segmentations": out, "event_time": rt.event_time_now()}
 
 
-def customer_document(rt: Runtime, state: Any) -> dict[str, Any]:
+def customer_document(rt: WorkerView, state: Any) -> dict[str, Any]:
     now = state.last_seen
     feats = features(state, now, rt.step.cfg)
     # at event time as the worker's ticks have it (T runs to the evaluation time)

@@ -44,3 +44,37 @@ def test_a_core_module_importing_faust_breaks_the_contract(tmp_path: Path) -> No
     assert run.returncode != 0
     assert "stream_app.state.customer -> faust" in run.stdout
     assert "stream_app.state.customer -> stream_app.app" in run.stdout
+
+
+def test_views_modeling_and_definitions_see_the_worker_through_its_interface() -> None:
+    """web/, modeling.py and redefinition.py name no host module, not even for type checking:
+    they see a worker through ``worker_view`` (WorkerView, WorkerHost)."""
+    users = [*sorted((ROOT / "stream_app" / "web").glob("*.py")),
+             ROOT / "stream_app" / "modeling.py", ROOT / "stream_app" / "redefinition.py"]
+    for path in users:
+        text = path.read_text()
+        for host in ("from ..app import", "from .app import", "stream_app.app import",
+                     "import Runtime"):
+            assert host not in text, f"{path.relative_to(ROOT)}: {host}"
+
+
+def test_the_worker_has_every_member_of_the_interfaces(tmp_path: Path) -> None:
+    """Runtime implements WorkerHost (so WorkerView): every declared attribute and method is
+    there on a worker built from settings."""
+    import inspect
+
+    from stream_app.app import Runtime
+    from stream_app.config import load_settings
+    from stream_app.segmentation.registry import build_segmentations
+    from stream_app.worker_view import WorkerHost, WorkerView
+
+    s = load_settings(data_dir=tmp_path, clustering=True)
+    rt = Runtime(s, build_segmentations(s))
+    declared: set[str] = set()
+    for proto in (WorkerView, WorkerHost):
+        declared |= set(proto.__annotations__)
+        declared |= {name for name, _ in inspect.getmembers(proto)
+                     if not name.startswith("_")}
+    assert {"settings", "customer", "sweep", "pipeline", "assigned"} <= declared
+    missing = sorted(name for name in declared if not hasattr(rt, name))
+    assert not missing, missing
