@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from mode import Service
+
 from .config import Settings
 from .health import PROBE_INTERVAL_S, BrokerWatch
 from .kafka.batching import BatchSink, OutputBatcher
@@ -108,7 +110,7 @@ class Runtime:
         self.customer_states = WriteBehind(self.customers, codec.dumps, s.routed_topic)
         self._last_written: asyncio.Future[None] | None = None  # the newest batch's writes
         self._declare_agents()
-        self._declare_timers()
+        self.timekeeper = Timekeeper(self)
         from . import modeling
 
         # the clustering's trainer agent and model follower (None: no clustering)
@@ -124,6 +126,19 @@ class Runtime:
 
         register_views(self)  # read-only views (worker_view.WorkerView)
         register_admin(self)  # DELETE /admin/customers/{id}: erasure requests
+        # The worker's components, each a mode Service with its own lifecycle, started with
+        # the app once its tables are recovered (when Faust starts the app's own tasks) and
+        # stopped with it. Faust's own: the consumer and producer, the tables, the trainer
+        # agent (modeling.py) and the web server.
+        self.components: list[Service] = [self.ingest, self.timekeeper]
+        if self.modeling is not None:
+            self.components.append(self.modeling.follower)
+        self.components.append(self.definitions)
+
+        @app.task
+        async def start_components() -> None:
+            for component in self.components:
+                await app.add_runtime_dependency(component)
 
     def _table(self, name: str, value_serializer: str) -> Any:
         # RocksDB: Faust's defaults (64 MiB x 3 write buffers and a 2 GiB block cache, for
@@ -159,19 +174,7 @@ class Runtime:
             max_batch=s.batch_size, max_buffered=max(4096, s.batch_size * 2),
             within=s.batch_within)
 
-        @self.app.task
-        async def process() -> None:
-            # What start-up made (modules, Faust, River, pydantic schemas: most of the heap)
-            # lives for good: out of the cyclic collector's reach, a full collection no
-            # longer walks it. Those walks paused a batch for ~100 ms every few seconds
-            # under load (segmenter bench --phases latency).
-            gc.freeze()
-            # Nearly everything a batch allocates dies with it, freed by reference counts;
-            # the young-generation collections (every 700 allocations by default: ~100 a
-            # second) took ~5 % of the worker's time, and their promotions triggered the
-            # full ones. Fewer of both; the cycles they exist for are rare here.
-            gc.set_threshold(*GC_THRESHOLDS)
-            await sink.run()
+        self.ingest = Ingest(sink)
 
     async def handle_messages(self, batch: list[Any]) -> Awaitable[Any]:
         """Process one batch of Kafka messages (any mix of partitions and topics).
@@ -337,26 +340,6 @@ class Runtime:
         """
         return self.pipeline.event_time_now(time.time() if wall is None else wall)
 
-    def _declare_timers(self) -> None:
-        s = self.settings
-
-        @self.app.timer(self.sampler.interval_s, name="sample-metrics")
-        async def sample() -> None:
-            self._refresh_gauges()
-            self.sampler.sample()
-
-        @self.app.timer(s.tick_interval_s, name="time-tick")
-        async def tick() -> None:
-            await self.tick()
-
-        @self.app.timer(PROBE_INTERVAL_S, name="broker-watch")
-        async def watch_broker() -> None:
-            await self.broker_watch.check()
-
-        @self.app.on_before_shutdown.connect
-        async def close_watch(app: Any, **kwargs: Any) -> None:
-            await self.broker_watch.close()
-
     def assigned(self) -> list[int]:
         """The partitions this worker owns (none while it is not in the group)."""
         try:
@@ -365,7 +348,7 @@ class Runtime:
             return []
         return sorted(tp.partition for tp in tps if tp.topic == self.settings.routed_topic)
 
-    def _refresh_gauges(self) -> None:
+    def refresh_gauges(self) -> None:
         if not self.ready():
             return
         assigned = self.assigned()
@@ -441,3 +424,53 @@ class Runtime:
         except Exception:
             return False
         return bool(assigned) and app.tables.recovery.completed.is_set()
+
+
+class Ingest(Service):
+    """Hands each batch of the input and routed topics to the worker (``BatchSink.run``)."""
+
+    def __init__(self, sink: BatchSink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    @Service.task
+    async def _run(self) -> None:
+        # What start-up made (modules, Faust, River, pydantic schemas: most of the heap)
+        # lives for good: out of the cyclic collector's reach, a full collection no longer
+        # walks it. Those walks paused a batch for ~100 ms every few seconds under load
+        # (segmenter bench --phases latency).
+        gc.freeze()
+        # Nearly everything a batch allocates dies with it, freed by reference counts; the
+        # young-generation collections (every 700 allocations by default: ~100 a second)
+        # took ~5 % of the worker's time, and their promotions triggered the full ones.
+        # Fewer of both; the cycles they exist for are rare here.
+        gc.set_threshold(*GC_THRESHOLDS)
+        await self.sink.run()  # a failed batch crashes the app (batching.py)
+
+
+class Timekeeper(Service):
+    """The worker's timers: the time tick, the metrics sampler and gauges, the broker watch."""
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__()
+        self.rt = rt
+
+    @Service.task
+    async def _tick(self) -> None:
+        async for _ in self.itertimer(self.rt.settings.tick_interval_s, name="time-tick"):
+            await self.rt.tick()
+
+    @Service.task
+    async def _sample(self) -> None:
+        rt = self.rt
+        async for _ in self.itertimer(rt.sampler.interval_s, name="sample-metrics"):
+            rt.refresh_gauges()
+            rt.sampler.sample()
+
+    @Service.task
+    async def _watch_broker(self) -> None:
+        async for _ in self.itertimer(PROBE_INTERVAL_S, name="broker-watch"):
+            await self.rt.broker_watch.check()
+
+    async def on_stop(self) -> None:
+        await self.rt.broker_watch.close()

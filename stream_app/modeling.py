@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiokafka
 import orjson
+from mode import Service
 
 from .kafka.clients import aiokafka_config
 from .segmentation.clustering import BehaviorSegmentation, Trainer, TrainerSettings
@@ -103,12 +105,36 @@ def learn_batch(trainer: Trainer, values: list[bytes], now: float
 
 @dataclass(frozen=True, slots=True)
 class Modeling:
-    """The clustering's topics on a worker (Faust's topic objects), as :func:`install`
-    declared them."""
+    """The clustering on a worker, as :func:`install` declared it: its topics (Faust's
+    topic objects; the trainer is the agent of the training topic) and the model follower
+    (a component the host starts and stops with the app)."""
 
     training_topic: Any
     model_topic: Any
     trainer_checkpoints: Any
+    follower: ModelFollower
+
+
+class ModelFollower(Service):
+    """Loads every snapshot published to the model topic (newest wins), then re-scores the
+    local customers (:class:`Rescorer`)."""
+
+    def __init__(self, rt: WorkerHost, behavior: BehaviorSegmentation) -> None:
+        super().__init__()
+        self.rt = rt
+        self.behavior = behavior
+
+    @Service.task
+    async def _follow(self) -> None:
+        while not self.should_stop:
+            try:
+                await _follow(self.rt, self.behavior, Rescorer(self.rt, self.behavior,
+                                                               spawn=self.add_future))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("model follower failed; retrying", exc_info=True)
+                await self.sleep(2.0)
 
 
 def install(rt: WorkerHost, behavior: BehaviorSegmentation) -> Modeling:
@@ -167,23 +193,10 @@ def install(rt: WorkerHost, behavior: BehaviorSegmentation) -> Modeling:
                              part.get("sample"), part.get("fit_s", 0.0),
                              {k: v["status"] for k, v in part.get("last_attempt", {}).items()})
 
-    @app.task
-    async def follow_model() -> None:
-        """Load every snapshot published to the model topic, newest wins."""
-        while not app.should_stop:
-            try:
-                await _follow(rt, behavior)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("model follower failed; retrying", exc_info=True)
-                await asyncio.sleep(2.0)
-
-    return Modeling(training, model_topic, trainer_checkpoints)
+    return Modeling(training, model_topic, trainer_checkpoints, ModelFollower(rt, behavior))
 
 
-async def _follow(rt: WorkerHost, behavior: BehaviorSegmentation) -> None:
-    rescorer = Rescorer(rt, behavior)
+async def _follow(rt: WorkerHost, behavior: BehaviorSegmentation, rescorer: Rescorer) -> None:
     consumer = aiokafka.AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
                                          **aiokafka_config(rt.settings))
     await consumer.start()
@@ -259,9 +272,12 @@ class Rescorer:
     one more pass after it, not one each. With new predictive parameters the pass also
     re-scores the rule segmentations that read predictions."""
 
-    def __init__(self, rt: WorkerHost, behavior: BehaviorSegmentation) -> None:
+    def __init__(self, rt: WorkerHost, behavior: BehaviorSegmentation,
+                 spawn: Callable[[Coroutine[Any, Any, None]], Any] = asyncio.ensure_future
+                 ) -> None:
         self.rt = rt
         self.behavior = behavior
+        self.spawn = spawn  # starts the pass (the follower's add_future: stopped with it)
         self.wanted = asyncio.Event()
         self.with_predictions = False
         self.task: asyncio.Task[None] | None = None
@@ -270,7 +286,7 @@ class Rescorer:
         self.with_predictions = self.with_predictions or predictions
         self.wanted.set()
         if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(self._run())
+            self.task = self.spawn(self._run())
 
     async def _run(self) -> None:
         while self.wanted.is_set() and not self.rt.app.should_stop:

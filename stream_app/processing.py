@@ -29,6 +29,7 @@ from .events.parse import Limits, Rejection, decode
 from .predictive.live import LivePredictions
 from .predictive.training import sample_fields
 from .segmentation.base import Segmentation, change_id
+from .segmentation.clustering.trainer import learn_due
 from .segmentation.rules.definitions import RESERVED_NAMES
 from .segmentation.rules.segmentation import REDEFINED
 from .state import codec
@@ -388,16 +389,15 @@ class Step:
         live = self.predictions
         if live is not None:
             feats.update(live.of(state.purchases, now))
-        if samples is not None and self.sample_every_s is not None:
-            last = state.segment_aux.get(SAMPLED_AT)
-            if last is None or now - last >= self.sample_every_s:
-                state.segment_aux[SAMPLED_AT] = now
-                if live is not None and state.purchases is not None:
-                    # the predictive models learn from the same samples (training.py)
-                    samples.append({**feats, **sample_fields(state.customer_id,
-                                                             state.purchases, now)})
-                else:
-                    samples.append(feats)
+        if (samples is not None and self.sample_every_s is not None
+                and learn_due(state.segment_aux.get(SAMPLED_AT), now, self.sample_every_s)):
+            state.segment_aux[SAMPLED_AT] = now
+            if live is not None and state.purchases is not None:
+                # the predictive models learn from the same samples (training.py)
+                samples.append({**feats, **sample_fields(state.customer_id,
+                                                         state.purchases, now)})
+            else:
+                samples.append(feats)
         aux_of = state.segment_aux
         for seg in self.segmentations if segmentations is None else segmentations:
             name = seg.name

@@ -29,9 +29,12 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+
+from mode import Service
 
 from .config import Settings
 from .segmentation.rules import DefinitionsError
@@ -145,10 +148,13 @@ def startup_definitions(settings: Settings, timeout_s: float = 30.0) -> Startup:
 
 # --- the worker's side ------------------------------------------------------------------------
 
-class Definitions:
-    """The definitions in force on this worker, and how they change."""
+class Definitions(Service):
+    """The definitions in force on this worker, and how they change: a component the host
+    starts and stops with the app (it follows the definitions topic, watches the file, and
+    runs the backfill after a switch or a rebalance)."""
 
     def __init__(self, rt: WorkerHost, startup: Startup, topic: Any = None) -> None:
+        super().__init__()
         self.rt = rt
         self.topic = topic  # the definitions topic (Faust's), where publish() writes
         self.current = startup.definitions
@@ -158,7 +164,7 @@ class Definitions:
         self.published_at = startup.published.published_at if startup.published else None
         self.applied_at = time.time()
         self.applied = asyncio.Event()  # set each time a new version is in force
-        self.backfill = Backfill(rt)
+        self.backfill = Backfill(rt, spawn=self.add_future)
         self.host = socket.gethostname()
         self._check_now = asyncio.Event()
         rt.step.definitions_version = self.current.version
@@ -215,6 +221,34 @@ class Definitions:
                  defs.version, defs.source, published.published_by or "?")
         self.applied.set()
         self.backfill.request()
+
+    # --- the component's tasks ----------------------------------------------------------------
+    @Service.task
+    async def _follow_topic(self) -> None:
+        while not self.should_stop:
+            try:
+                await self.follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("definitions follower failed; retrying", exc_info=True)
+                await self.sleep(2.0)
+
+    @Service.task
+    async def _watch_the_file(self) -> None:
+        while not self.should_stop:
+            try:
+                await self.watch_file()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("definitions file watcher failed; retrying", exc_info=True)
+                await self.sleep(2.0)
+
+    @Service.timer(2.0)
+    async def _backfill_after_rebalance(self) -> None:
+        self.backfill.after_rebalance()
 
     # --- following the topic -----------------------------------------------------------------
     async def follow(self) -> None:
@@ -292,8 +326,11 @@ class Backfill:
     a switch during a pass asks for one more pass after it. A pass also runs after each
     rebalance, for partitions whose previous owner stopped halfway."""
 
-    def __init__(self, rt: WorkerHost) -> None:
+    def __init__(self, rt: WorkerHost,
+                 spawn: Callable[[Coroutine[Any, Any, None]], Any] = asyncio.ensure_future
+                 ) -> None:
         self.rt = rt
+        self.spawn = spawn  # starts a pass (the component's add_future: stopped with it)
         self.wanted = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.running = False
@@ -306,7 +343,7 @@ class Backfill:
     def request(self) -> None:
         self.wanted.set()
         if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(self._run())
+            self.task = self.spawn(self._run())
 
     def after_rebalance(self) -> None:
         rt = self.rt
@@ -365,33 +402,6 @@ def install(rt: WorkerHost, startup: Startup | None = None) -> Definitions:
     topic = app.topic(s.definitions_topic, partitions=1, internal=True, compacting=True,
                       key_serializer="raw", value_serializer="raw")
     live = Definitions(rt, startup, topic)
-
-    @app.task
-    async def follow_definitions() -> None:
-        while not app.should_stop:
-            try:
-                await live.follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("definitions follower failed; retrying", exc_info=True)
-                await asyncio.sleep(2.0)
-
-    @app.task
-    async def watch_definitions_file() -> None:
-        while not app.should_stop:
-            try:
-                await live.watch_file()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("definitions file watcher failed; retrying", exc_info=True)
-                await asyncio.sleep(2.0)
-
-    @app.timer(2.0, name="backfill-after-rebalance")
-    async def backfill_after_rebalance() -> None:
-        live.backfill.after_rebalance()
 
     register_definitions(app, s, live)
     return live

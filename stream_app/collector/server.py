@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -167,6 +168,13 @@ async def serve(settings: CollectorSettings, *, started: Callable[[str], Any] | 
         log.info("collector listening on %s: %d write key(s), Kafka %s, topic %s%s", url,
                  len(settings.write_key_list), settings.broker_url, settings.input_topic,
                  "" if sink.idempotent else " (producer not idempotent)")
+        import os as _os  # EXPERIMENT
+        if _os.environ.get("GC_T"):
+            gc.collect()
+            gc.freeze()
+            t = [int(x) for x in _os.environ["GC_T"].split(",")]
+            if t[0]:
+                gc.set_threshold(*t)
         if started is not None:
             started(url)
         await stop.wait()
