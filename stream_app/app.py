@@ -11,7 +11,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -30,7 +30,7 @@ from .processing import TICK_CHUNK
 from .routing import partition_of
 from .segmentation.base import Segmentation
 from .state import codec
-from .state.customer import CustomerState
+from .state.sizes import SegmentSizes
 from .web.timeseries import Sampler
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Runtime:
         self.metrics = Metrics()
         self.sampler = Sampler(self.metrics.registry)
         # customers per segment on this worker: {partition: {segmentation: {segment: n}}}
-        self.sizes: dict[int, dict[str, Counter[str]]] = {}
+        self.sizes = SegmentSizes()
         self._sizes_generation = -1
         # Held while a batch (or a time tick) is between reading and writing the tables.
         self.state_lock = asyncio.Lock()
@@ -265,13 +265,7 @@ class Runtime:
         if result.changes:
             m.record_changes(((c.record.segmentation, c.ingest_ts, c.event_ts)
                               for c in result.changes), now=time.time())
-            sizes = self.sizes.setdefault(done.partition, {})
-            for c in result.changes:
-                counts = sizes.setdefault(c.record.segmentation, Counter())
-                if c.record.previous_segment is not None:
-                    counts[c.record.previous_segment] -= 1
-                if c.record.segment is not None:
-                    counts[c.record.segment] += 1
+            self.sizes.account(done.partition, result.changes)
         st = self.stats
         st["applied"] += result.applied
         st["duplicates"] += result.duplicates
@@ -356,12 +350,7 @@ class Runtime:
         if generation != self._sizes_generation:
             self._recount(assigned)
             self._sizes_generation = generation
-        totals: dict[str, Counter[str]] = {}
-        for partition in assigned:
-            for seg, counts in self.sizes.get(partition, {}).items():
-                totals.setdefault(seg, Counter()).update(counts)
-        self.metrics.set_segment_sizes({seg: {k: v for k, v in c.items() if v > 0}
-                                        for seg, c in totals.items()})
+        self.metrics.set_segment_sizes(self.sizes.totals(assigned))
         lags: dict[tuple[str, int], int] = {}
         consumer = self.app.consumer
         for tp in consumer.assignment():
@@ -373,22 +362,10 @@ class Runtime:
         self.metrics.set_consumer_lag(lags)
 
     def _recount(self, assigned: list[int]) -> None:
-        """Count segment members of the assigned partitions from the table (after rebalances)."""
-        owned = set(assigned)
-        sizes: dict[int, dict[str, Counter[str]]] = {p: {} for p in owned}
+        """Count segment members of the assigned partitions from the table (after rebalances).
+        No await in the loop, so the table cannot change under it."""
         n = self.settings.partitions
-        # Streamed, never materialised: a list of every decoded state cost ~2.4 KB of RSS per
-        # customer at its peak (segmenter bench, rss phase). No await in the loop, so the
-        # table cannot change under it.
-        for cid, state in self.customers.items():
-            if type(state) is not CustomerState:
-                continue
-            p = partition_of(cid, n)
-            if p not in owned:
-                continue
-            for seg, segment in state.segments.items():
-                sizes[p].setdefault(seg, Counter())[segment] += 1
-        self.sizes = sizes
+        self.sizes.recount(assigned, self.customers.items(), lambda cid: partition_of(cid, n))
 
     async def tick(self) -> None:
         """Re-evaluate time-driven segmentations of every local customer at the worker's

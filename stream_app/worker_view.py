@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .predictive.live import LivePredictions
     from .processing import Step
     from .segmentation.base import Segmentation
+    from .state.sizes import SegmentSizes
     from .web.timeseries import Sampler
 
 
@@ -37,8 +38,7 @@ class WorkerView(Protocol):
     predictions: LivePredictions | None
     segmentations: list[Segmentation]
     step: Step
-    # customers per segment of each local partition: {partition: {segmentation: {segment: n}}}
-    sizes: Mapping[int, Mapping[str, Mapping[str, int]]]
+    sizes: SegmentSizes  # customers per segment of each local partition
     # Faust's app: the web server the views register on, and its router to the other workers
     app: Any
     # the customer table as the worker reads it (the writes of batches in flight included)

@@ -142,14 +142,7 @@ def register_views(rt: WorkerView) -> None:
 
 
 def local_sizes(rt: WorkerView) -> dict[str, dict[str, int]]:
-    totals: dict[str, dict[str, int]] = {}
-    for partition in rt.assigned():
-        for seg, counts in rt.sizes.get(partition, {}).items():
-            bucket = totals.setdefault(seg, {})
-            for segment, n in counts.items():
-                if n > 0:
-                    bucket[segment] = bucket.get(segment, 0) + n
-    return totals
+    return rt.sizes.totals(rt.assigned())
 
 
 async def cluster_sizes(rt: WorkerView, local: dict[str, dict[str, int]]
