@@ -60,8 +60,8 @@ class Runtime:
         self.predictions = self.pipeline.predictions
         self.clock = self.pipeline.clock
         self.started_at = time.time()
-        self.stats: dict[str, int] = defaultdict(int)
         self.metrics = Metrics()
+        self.stats = self.metrics.totals  # /health "stats": counted with the metrics, once
         self.sampler = Sampler(self.metrics.registry)
         # customers per segment on this worker: {partition: {segmentation: {segment: n}}}
         self.sizes = SegmentSizes()
@@ -198,7 +198,6 @@ class Runtime:
                 self._account(done)
                 self.customer_states.stage(done.writes)
                 staged.append((partition, done.writes))
-                self.stats["messages"] += len(messages)
             settlement = await self._write_behind(out, staged)
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
         return settlement
@@ -253,25 +252,11 @@ class Runtime:
         return await self._write_behind(out, [(done.partition, done.writes)])
 
     def _account(self, done: Processed) -> None:
-        """Count one pipeline call's result: stats, metrics, segment sizes."""
+        """Count one pipeline call's result (metrics and /health's totals), segment sizes."""
         result = done.result
-        m = self.metrics
-        if result.events_by_kind:
-            m.count_events(result.events_by_kind)
-        if result.dead_letters:
-            m.count_dead_letters(rej.reason for _, rej in result.dead_letters)
-        if result.duplicates:
-            m.count_duplicates(result.duplicates)
+        self.metrics.account(result, now=time.time())
         if result.changes:
-            m.record_changes(((c.record.segmentation, c.ingest_ts, c.event_ts)
-                              for c in result.changes), now=time.time())
             self.sizes.account(done.partition, result.changes)
-        st = self.stats
-        st["applied"] += result.applied
-        st["duplicates"] += result.duplicates
-        st["dead_letters"] += len(result.dead_letters)
-        st["changes"] += len(result.changes)
-        st["routed"] += len(result.routed)
 
     async def sweep(self, work: Callable[[int, list[str], float], Processed],
                     start: Callable[[int], Processed | None] | None = None) -> list[Processed]:

@@ -15,6 +15,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
 from prometheus_client import Counter as PromCounter
@@ -22,6 +23,9 @@ from prometheus_client.exposition import choose_encoder
 
 from .events.interaction import KINDS
 from .events.parse import REASONS
+
+if TYPE_CHECKING:
+    from .processing import StepResult
 
 # Family names: the dashboard sampler, Grafana and the docs read these.
 EVENTS_IN = "segmenter_events_in"
@@ -68,6 +72,8 @@ class Metrics:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
+        # the totals /health shows ("stats"), counted in the same calls as the families
+        self.totals: Counter[str] = Counter()
         self._clock = clock
         self._kinds = frozenset(KINDS)
         self._reasons = frozenset(REASONS)
@@ -136,8 +142,27 @@ class Metrics:
         self._size_keys: set[tuple[str, str]] = set()
 
     # --- per batch ----------------------------------------------------------------------------
+    def account(self, result: StepResult, *, now: float) -> None:
+        """One pipeline call's result: events, dead letters, duplicates, changes, routed."""
+        t = self.totals
+        t["applied"] += result.applied
+        t["duplicates"] += result.duplicates
+        t["dead_letters"] += len(result.dead_letters)
+        t["changes"] += len(result.changes)
+        t["routed"] += len(result.routed)
+        if result.events_by_kind:
+            self.count_events(result.events_by_kind)
+        if result.dead_letters:
+            self.count_dead_letters(rej.reason for _, rej in result.dead_letters)
+        if result.duplicates:
+            self.count_duplicates(result.duplicates)
+        if result.changes:
+            self.record_changes(((c.record.segmentation, c.ingest_ts, c.event_ts)
+                                 for c in result.changes), now=now)
+
     def observe_batch(self, messages: int, seconds: float) -> None:
         """One processed batch of ``messages`` Kafka messages that took ``seconds``."""
+        self.totals["messages"] += messages
         self.messages_consumed.inc(messages)
         self.batch_size.observe(messages)
         self.batch_seconds.observe(seconds)
