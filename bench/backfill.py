@@ -2,7 +2,7 @@
 
     python bench/backfill.py [--customers 100000] [--partitions 4] [--skip-e2e]
 
-1. **step**: the pure :meth:`stream_app.processing.Step.backfill`, in-process, over a dict
+1. **step**: the pure :meth:`stream_app.core.processing.Step.backfill`, in-process, over a dict
    table of N customers (one order and one page view each, through ``Step.run``), in the
    worker's chunks, after switching from the shipped definitions to the same plus a new
    segmentation every customer enters (so every customer is stale and emits one change).
@@ -34,9 +34,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream_app.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
-from stream_app.routing import partition_of  # noqa: E402
-from stream_app.segmentation.rules.definitions import DEFAULTS  # noqa: E402
+from stream_app.core.routing import partition_of  # noqa: E402
+from stream_app.core.segmentation.rules.definitions import DEFAULTS  # noqa: E402
+from stream_app.host.broker import EmbeddedBroker, free_port  # noqa: E402
 
 TOKEN = "bench-admin-token-0123456789"
 T0 = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
@@ -51,7 +51,7 @@ NEW_SEGMENTATION = """
 
 
 def default_text() -> str:
-    return (ROOT / "stream_app" / "segmentation" / "rules" / DEFAULTS).read_text()
+    return (ROOT / "stream_app" / "core" / "segmentation" / "rules" / DEFAULTS).read_text()
 
 
 def events_of(i: int) -> list[dict[str, Any]]:
@@ -66,8 +66,8 @@ def events_of(i: int) -> list[dict[str, Any]]:
 
 
 def step_phase(n: int, partitions: int) -> dict[str, Any]:
-    from stream_app.processing import TICK_CHUNK, Message, Step
-    from stream_app.segmentation.rules.live import parse_set
+    from stream_app.core.processing import TICK_CHUNK, Message, Step
+    from stream_app.core.segmentation.rules.live import parse_set
 
     old = parse_set(default_text(), format="yaml", source="defaults")
     new = parse_set(default_text() + NEW_SEGMENTATION, format="yaml", source="api")

@@ -41,7 +41,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream_app.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from stream_app.host.broker import EmbeddedBroker, free_port  # noqa: E402
 
 KEY = "bench-write-key-0123456789"
 BATCH = 100

@@ -4,7 +4,7 @@
         [--sizes 100000,1000000] [--sample-base 1000000] [--seed 1] [--skip-unaggregated]
 
 Everything printed is measured in the run. Populations are drawn from known parameters
-(``stream_app.predictive.simulate``: exact draws, continuous time); where the service's
+(``stream_app.core.predictive.simulate``: exact draws, continuous time); where the service's
 input is imitated they are rounded down to whole days (``to_days``), which is what makes
 identical rows common.
 
@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream_app.predictive import (  # noqa: E402
+from stream_app.core.predictive import (  # noqa: E402
     BgNbdParams,
     GammaGammaParams,
     Predictor,
@@ -54,7 +54,7 @@ from stream_app.predictive import (  # noqa: E402
     simulate_gamma_gamma,
     to_days,
 )
-from stream_app.predictive.fitting import (  # noqa: E402
+from stream_app.core.predictive.fitting import (  # noqa: E402
     MIN_CUSTOMERS,
     MIN_GG_CUSTOMERS,
     MIN_REPEATERS,

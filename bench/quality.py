@@ -48,20 +48,20 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream_app.events.interaction import raw_id
-from stream_app.events.parse import decode  # noqa: E402
-from stream_app.segmentation.clustering import (  # noqa: E402
+from stream_app.core.events.interaction import raw_id
+from stream_app.core.events.parse import decode  # noqa: E402
+from stream_app.core.segmentation.clustering import (  # noqa: E402
     BehaviorSegmentation,
     Hysteresis,
     Trainer,
     TrainerSettings,
     learn_due,
 )
-from stream_app.segmentation.clustering.models import MODELS  # noqa: E402
-from stream_app.segmentation.clustering.vectorize import Scaling, vectorize_many  # noqa: E402
+from stream_app.core.segmentation.clustering.models import MODELS  # noqa: E402
+from stream_app.core.segmentation.clustering.vectorize import Scaling, vectorize_many  # noqa: E402
+from stream_app.core.state.customer import CustomerState, StateConfig, apply_in_place, new_state  # noqa: E402
+from stream_app.core.state.features import features  # noqa: E402
 from stream_app.simulate import DAY, population, shifts_for, simulate  # noqa: E402
-from stream_app.state.customer import CustomerState, StateConfig, apply_in_place, new_state  # noqa: E402
-from stream_app.state.features import features  # noqa: E402
 
 NAME = BehaviorSegmentation.name
 DEFAULT_HYSTERESIS = Hysteresis()

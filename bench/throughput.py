@@ -6,7 +6,7 @@ Every phase starts its own embedded broker (Tansu, in memory, on this machine) a
 processes; nothing is mocked. The workload is simulated persona traffic
 (:mod:`stream_app.simulate`), serialized once, one event per Kafka message, keyed by customer.
 
-0. **step**: the pure :class:`~stream_app.processing.Step` alone, in the driver process, on
+0. **step**: the pure :class:`~stream_app.core.processing.Step` alone, in the driver process, on
    the same workload, in per-partition batches: no Kafka. Its rate (per CPU second) is the
    ceiling for any Kafka loop doing this work on one core.
 1. **baseline**: a plain aiokafka loop doing the worker's work (``bench/throughput.py --role
@@ -63,7 +63,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream_app.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from stream_app.host.broker import EmbeddedBroker, free_port  # noqa: E402
 
 TARGETS = {
     "throughput_ev_s": 50_000,  # per worker, single-event messages
@@ -117,7 +117,7 @@ def make_workload(events: int, customers: int, days: float, seed: int,
                   buyers: int = 0) -> Workload:
     """Persona traffic ending now (so no event is in the future), serialized once; with
     ``buyers``, that many more customers' orders drawn from BG/NBD and Gamma-Gamma
-    (:func:`stream_app.predictive.simulate.order_events`) over the same days, in time order
+    (:func:`stream_app.core.predictive.simulate.order_events`) over the same days, in time order
     among the personas' events (the personas barely ever stop buying within a year, so a
     BG/NBD fit on them alone runs to the edge of the plausible range and is refused)."""
     from stream_app.cli.publish import event_key
@@ -141,8 +141,8 @@ def make_workload(events: int, customers: int, days: float, seed: int,
     if buyers:
         import numpy as np
 
-        from stream_app.predictive import BgNbdParams, GammaGammaParams
-        from stream_app.predictive.simulate import order_events
+        from stream_app.core.predictive import BgNbdParams, GammaGammaParams
+        from stream_app.core.predictive.simulate import order_events
 
         orders = order_events(buyers, start.timestamp(), days, BgNbdParams(0.8, 20.0, 0.8, 4.0),
                               GammaGammaParams(6.0, 4.0, 15.0), np.random.default_rng(seed))
@@ -506,7 +506,7 @@ class Context:
 
 
 def _train_snapshot(ctx: Context) -> dict[str, Any]:
-    from stream_app.segmentation.clustering import Trainer, TrainerSettings
+    from stream_app.core.segmentation.clustering import Trainer, TrainerSettings
 
     settings = load_settings_from(settings_env("127.0.0.1:9", "bench", ctx.args.partitions,
                                                ctx.workdir / "model", **dict(ctx.args.setting)))
@@ -532,8 +532,8 @@ def _step_batches(ctx: Context, settings: Any, now: float
                   ) -> dict[int, list[tuple[int, list[Any]]]]:
     """The workload as the worker sees it when draining: per partition, batches of up to
     ``batch_size / partitions`` messages."""
-    from stream_app.processing import Message
-    from stream_app.routing import partition_for
+    from stream_app.core.processing import Message
+    from stream_app.core.routing import partition_for
 
     by_partition: dict[int, list[Message]] = {}
     for i, (key, value) in enumerate(ctx.workload.records):
@@ -588,8 +588,8 @@ def step_phase(ctx: Context) -> dict[str, Any]:
 
 def _make_step(s: Any) -> Any:
     """The worker's step, built from settings by the core as the worker builds it."""
-    from stream_app.pipeline import Pipeline
-    from stream_app.segmentation.registry import build_segmentations
+    from stream_app.core.pipeline import Pipeline
+    from stream_app.core.segmentation.registry import build_segmentations
 
     return Pipeline(s, build_segmentations(s)).step
 
@@ -605,7 +605,7 @@ async def drain_phase(ctx: Context, system: str, workers: int = 1) -> Drain:
         env = settings_env(broker.bootstrap, app_id, args.partitions, run_dir / "data",
                            **dict(args.setting))
         settings = load_settings_from(env)
-        from stream_app.kafka.clients import ensure_topics
+        from stream_app.host.clients import ensure_topics
 
         ensure_topics(settings)
         ends = await preload(broker.bootstrap, settings.input_topic, ctx.workload.records)
@@ -687,7 +687,7 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
     """Produce at ``rate`` into a running worker; time input record -> segment change."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    from stream_app.routing import partition_for
+    from stream_app.core.routing import partition_for
 
     args = ctx.args
     run_dir = ctx.workdir / f"latency-{rate:.0f}"
@@ -698,7 +698,7 @@ async def latency_phase(ctx: Context, rate: float) -> dict[str, Any]:
         env = settings_env(broker.bootstrap, f"bench-{uuid.uuid4().hex[:6]}", args.partitions,
                            run_dir / "data", **dict(args.setting))
         settings = load_settings_from(env)
-        from stream_app.kafka.clients import ensure_topics
+        from stream_app.host.clients import ensure_topics
 
         ensure_topics(settings)
         worker = worker_proc("worker", env, run_dir).start()
@@ -864,7 +864,7 @@ async def rss_phase(ctx: Context) -> dict[str, Any]:
         env = settings_env(broker.bootstrap, f"bench-{uuid.uuid4().hex[:6]}", args.partitions,
                            run_dir / "data", STORE="rocksdb", **dict(args.setting))
         settings = load_settings_from(env)
-        from stream_app.kafka.clients import ensure_topics
+        from stream_app.host.clients import ensure_topics
 
         ensure_topics(settings)
         worker = worker_proc("worker", env, run_dir).start()
@@ -931,12 +931,12 @@ async def baseline_loop(group: str, model: Path | None) -> None:
     from aiokafka.structs import OffsetAndMetadata
 
     from stream_app.config import load_settings
-    from stream_app.kafka.batching import OutputBatcher
-    from stream_app.kafka.clients import aiokafka_config
-    from stream_app.pipeline import Pipeline
-    from stream_app.processing import DELETED, Message
-    from stream_app.segmentation.registry import build_segmentations
-    from stream_app.state import codec
+    from stream_app.core.pipeline import Pipeline
+    from stream_app.core.processing import DELETED, Message
+    from stream_app.core.segmentation.registry import build_segmentations
+    from stream_app.core.state import codec
+    from stream_app.host.batching import OutputBatcher
+    from stream_app.host.clients import aiokafka_config
 
     s = load_settings()
     # the worker's core, as the worker builds it: this loop is a second host of it

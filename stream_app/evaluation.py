@@ -1,10 +1,10 @@
 """A history through the pure pipeline, and how the behavioural segments behaved on it.
 
 ``segmenter evaluate FILE`` and ``bench/quality.py --horizon`` both run this: events go through
-the worker's own :class:`~stream_app.processing.Step` (decode, identity, state, features,
+the worker's own :class:`~stream_app.core.processing.Step` (decode, identity, state, features,
 segmentation, change events) on one partition, in micro-batches, with a time tick of every
 customer each ``tick_s`` of event time; the step's training samples feed one
-:class:`~stream_app.segmentation.clustering.Trainer`, and each snapshot it publishes is loaded
+:class:`~stream_app.core.segmentation.clustering.Trainer`, and each snapshot it publishes is loaded
 at once, as the model follower would. No Kafka, no clock: the trainer publishes by sample
 count (a replay outruns its hourly cadence), so a run is deterministic.
 
@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .processing import Message, Step, StepResult
-from .segmentation.clustering import BehaviorSegmentation, Hysteresis, Trainer, TrainerSettings
-from .segmentation.clustering.models import best_kmeans
-from .segmentation.clustering.vectorize import Scaling, vectorize_many
-from .state.customer import CustomerState
-from .state.features import features
+from .core.processing import Message, Step, StepResult
+from .core.segmentation.clustering import BehaviorSegmentation, Hysteresis, Trainer, TrainerSettings
+from .core.segmentation.clustering.models import best_kmeans
+from .core.segmentation.clustering.vectorize import Scaling, vectorize_many
+from .core.state.customer import CustomerState
+from .core.state.features import features
 
 DAY = 86400.0
 QUARTER = 91.31 * DAY

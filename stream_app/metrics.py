@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_creat
 from prometheus_client import Counter as PromCounter
 from prometheus_client.exposition import choose_encoder
 
-from .events.interaction import KINDS
-from .events.parse import REASONS
+from .core.events.interaction import KINDS
+from .core.events.parse import REASONS
 
 if TYPE_CHECKING:
-    from .processing import StepResult
+    from .core.processing import StepResult
 
 # Family names: the dashboard sampler, Grafana and the docs read these.
 EVENTS_IN = "segmenter_events_in"

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .events.parse import KNOWN_TYPES
+from .core.events.parse import KNOWN_TYPES
 
 Format = Literal["jsonl", "csv"]
 

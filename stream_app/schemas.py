@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .events.models import Batch, DeadLetter, SegmentChange, SegmentMembership, SpecEvent
+from .core.events.models import Batch, DeadLetter, SegmentChange, SegmentMembership, SpecEvent
 
 BASE = "https://segmenter.dev/schemas/"
 

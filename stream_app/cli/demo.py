@@ -24,8 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Settings
-from ..kafka.broker import EmbeddedBroker, free_port
-from ..kafka.clients import kafka_python_config
+from ..host.broker import EmbeddedBroker, free_port
+from ..host.clients import kafka_python_config
 from .publish import producer_for, publish
 
 # (key, value): keyless and keyed, to show the dead-letter path; a worker must survive both

@@ -27,9 +27,9 @@ cli = typer.Typer(
 @cli.command()
 def worker() -> None:
     """Run a worker against SEGMENTER_BROKER_URL (scale out by starting more)."""
-    from ..kafka.clients import BrokerUnreachable, TopicMismatch
-    from ..segmentation.rules import DefinitionsError
-    from ..worker import run_worker
+    from ..core.segmentation.rules import DefinitionsError
+    from ..host.clients import BrokerUnreachable, TopicMismatch
+    from ..host.worker import run_worker
 
     settings = settings_or_exit()
     try:
@@ -52,7 +52,7 @@ def collect() -> None:
 
     from ..collector.server import run_collector
     from ..collector.settings import load_collector_settings
-    from ..kafka.clients import BrokerUnreachable
+    from ..host.clients import BrokerUnreachable
 
     try:
         settings = load_collector_settings()
@@ -76,7 +76,7 @@ def broker(
     port: int = typer.Option(9092, help="Loopback port to listen on (0: any free port)."),
 ) -> None:
     """Start the embedded Kafka-compatible broker (Tansu, in memory) and wait."""
-    from ..kafka.broker import EmbeddedBroker
+    from ..host.broker import EmbeddedBroker
 
     b = EmbeddedBroker(port=port).start()
     print(f"embedded broker ready: SEGMENTER_BROKER_URL={b.url}", flush=True)
@@ -249,7 +249,7 @@ def tail(
     import orjson
     from kafka import KafkaConsumer
 
-    from ..kafka.clients import kafka_python_config
+    from ..host.clients import kafka_python_config
 
     settings = settings_or_exit()
     consumer = KafkaConsumer(settings.changes_topic, group_id=None,

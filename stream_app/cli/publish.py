@@ -10,7 +10,7 @@ import orjson
 from kafka import KafkaProducer
 
 from ..config import Settings
-from ..kafka.clients import kafka_python_config
+from ..host.clients import kafka_python_config
 
 
 def producer_for(settings: Settings, **extra: Any) -> KafkaProducer:

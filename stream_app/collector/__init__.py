@@ -1,7 +1,7 @@
 """``segmenter collect``: the Segment / RudderStack HTTP Tracking API in front of Kafka.
 
 A stateless process (run as many as you like behind a load balancer). Each request's events
-are checked by the worker's own parser (:func:`stream_app.events.parse.decode`), corrected for
+are checked by the worker's own parser (:func:`stream_app.core.events.parse.decode`), corrected for
 client clock skew as Segment does, and produced to the input topic keyed by ``userId`` else
 ``anonymousId``; the answer is sent once Kafka has acknowledged every record (``acks=all``).
 

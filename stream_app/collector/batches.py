@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..routing import partition_for
+from ..core.routing import partition_for
 
 Batch = tuple[int, Any, "asyncio.Future[None]"]  # partition, builder, acknowledged
 

@@ -1,6 +1,6 @@
 """One request of the Tracking API -> Kafka records, or the reasons it is refused. Pure.
 
-Every event is checked by the worker's own parser (:func:`~stream_app.events.parse.decode`)
+Every event is checked by the worker's own parser (:func:`~stream_app.core.events.parse.decode`)
 on the very bytes that go to Kafka, so what the collector accepts the worker accepts too,
 and what it refuses carries the worker's reason code.
 
@@ -35,9 +35,9 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from ..events import parse
-from ..events.models import SpecEvent
-from ..events.parse import Limits, Rejection
+from ..core.events import parse
+from ..core.events.models import SpecEvent
+from ..core.events.parse import Limits, Rejection
 
 SINGLE = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 BATCH = frozenset({"batch", "import"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from ..events.parse import REASONS
+from ..core.events.parse import REASONS
 
 REQUESTS = "segmenter_collector_requests"
 EVENTS = "segmenter_collector_events"

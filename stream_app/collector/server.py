@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..events.parse import Limits
+from ..core.events.parse import Limits
 from . import intake as ix
 from .body import BadEncoding, TooLarge, read_body
 from .metrics import CollectorMetrics

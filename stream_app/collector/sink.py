@@ -2,7 +2,7 @@
 
 Availability decides between 200 and 503. Kafka is *unavailable* from the moment a request's
 records are not acknowledged in time (or the broker stops answering the probe, as the
-worker's :class:`~stream_app.health.BrokerWatch` sees it) until a probe started after that
+worker's :class:`~stream_app.host.health.BrokerWatch` sees it) until a probe started after that
 moment succeeds. While unavailable, requests get 503 at once instead of each waiting out the
 acknowledgement timeout: the SDKs back off and retry.
 """
@@ -16,8 +16,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from ..health import PROBE_INTERVAL_S, BrokerWatch
-from ..kafka.clients import BrokerUnreachable, aiokafka_config, connection_summary
+from ..host.clients import BrokerUnreachable, aiokafka_config, connection_summary
+from ..host.health import PROBE_INTERVAL_S, BrokerWatch
 from .batches import SharedBatches
 from .intake import Intake
 from .metrics import CollectorMetrics

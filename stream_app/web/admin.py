@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from faust.web import Request, Response, View
 
-from .. import routing
+from ..core import routing
 from .access import Gate
 
 if TYPE_CHECKING:
-    from ..worker_view import WorkerHost
+    from ..host.worker_view import WorkerHost
 
 log = logging.getLogger(__name__)
 

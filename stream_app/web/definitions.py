@@ -8,7 +8,7 @@
   anything else is read as YAML), at most ``MAX_DEFINITIONS_BYTES`` (413 beyond). Checked in
   full: invalid definitions get 400 with every problem located, and nothing changes; valid
   ones are published to the definitions topic, which every worker follows
-  (:mod:`stream_app.redefinition`). The answer waits (up to 10 s) for this worker to have
+  (:mod:`stream_app.host.redefinition`). The answer waits (up to 10 s) for this worker to have
   switched: 200 with the version, ``"applied": true``.
 """
 
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
-from ..segmentation.rules import DefinitionsError
-from ..segmentation.rules.live import MAX_DEFINITIONS_BYTES, format_of, parse_set
+from ..core.segmentation.rules import DefinitionsError
+from ..core.segmentation.rules.live import MAX_DEFINITIONS_BYTES, format_of, parse_set
 from .access import Gate
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..redefinition import Definitions
+    from ..host.redefinition import Definitions
 
 log = logging.getLogger(__name__)
 APPLY_WAIT_S = 10.0

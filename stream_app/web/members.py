@@ -29,12 +29,12 @@ from urllib.parse import quote
 import aiohttp
 from faust.web import Request, Response, View
 
-from ..routing import partition_of
-from ..state.customer import CustomerState
+from ..core.routing import partition_of
+from ..core.state.customer import CustomerState
 from .access import Gate
 
 if TYPE_CHECKING:
-    from ..worker_view import WorkerView
+    from ..host.worker_view import WorkerView
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -11,16 +11,16 @@ import aiohttp
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
-from ..events.interaction import ANON_PREFIX
-from ..predictive.live import NO_PREDICTIONS, distribution
-from ..state.codec import to_json
-from ..state.customer import CustomerState, Link
-from ..state.features import features
+from ..core.events.interaction import ANON_PREFIX
+from ..core.predictive.live import NO_PREDICTIONS, distribution
+from ..core.state.codec import to_json
+from ..core.state.customer import CustomerState, Link
+from ..core.state.features import features
 from .access import Gate
 from .members import register_members
 
 if TYPE_CHECKING:
-    from ..worker_view import WorkerView
+    from ..host.worker_view import WorkerView
 
 STATIC = Path(__file__).parent / "static"
 DISTRIBUTION_SAMPLE = 5000  # customers per worker in the dashboard's predictions panel

@@ -24,7 +24,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream_app.kafka.broker import EmbeddedBroker, free_port
+from stream_app.host.broker import EmbeddedBroker, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

@@ -30,10 +30,10 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from stream_app.events.interaction import ANON_PREFIX
-from stream_app.kafka.broker import EmbeddedBroker
-from stream_app.state import codec
-from stream_app.state.customer import CustomerState, Link
+from stream_app.core.events.interaction import ANON_PREFIX
+from stream_app.core.state import codec
+from stream_app.core.state.customer import CustomerState, Link
+from stream_app.host.broker import EmbeddedBroker
 
 from .conftest import read_topic
 
@@ -408,7 +408,7 @@ def compare_states(stream: Stream, reference: dict[str, dict[str, Any]],
 def explain(broker: EmbeddedBroker, customer: str, apps: list[str]) -> str:
     """What happened to one customer, for a failure message: its input messages in log order,
     and each app's changelog writes (events, and the message ids applied, oldest first)."""
-    from stream_app.state.customer import message_digest
+    from stream_app.core.state.customer import message_digest
 
     lines = [f"--- {customer}: input (partition, offset, messageId)"]
     names: dict[int, str] = {}

@@ -21,7 +21,7 @@ from rudderstack.analytics.version import VERSION as rudder_version
 from segment.analytics import Client as SegmentClient
 from segment.analytics.version import VERSION as segment_version
 
-from stream_app.kafka.broker import EmbeddedBroker, free_port
+from stream_app.host.broker import EmbeddedBroker, free_port
 
 from .conftest import read_topic, wait_for
 

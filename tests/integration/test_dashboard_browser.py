@@ -62,9 +62,9 @@ def _move(metrics: Metrics, step: int, now: float) -> None:
 
 def _predictions() -> dict[str, object]:
     """What the worker's /predictions/distribution answers, for 200 customers in 3 segments."""
-    from stream_app.predictive import BgNbdParams, GammaGammaParams
-    from stream_app.predictive.live import LivePredictions, distribution
-    from stream_app.predictive.summary import PurchaseSummary
+    from stream_app.core.predictive import BgNbdParams, GammaGammaParams
+    from stream_app.core.predictive.live import LivePredictions, distribution
+    from stream_app.core.predictive.summary import PurchaseSummary
 
     live = LivePredictions.fixed(BgNbdParams(0.5, 20.0, 0.8, 3.0),
                                  GammaGammaParams(6.0, 4.0, 15.0), version=4)

@@ -10,7 +10,7 @@ from faust.types import TP
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from stream_app.kafka.transport import probe_true_ends
+from stream_app.host.transport import probe_true_ends
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from stream_app.events.interaction import ANON_PREFIX
-from stream_app.state import codec
-from stream_app.state.customer import Erased, Link
+from stream_app.core.events.interaction import ANON_PREFIX
+from stream_app.core.state import codec
+from stream_app.core.state.customer import Erased, Link
 
 from .conftest import read_topic, send, wait_for
 from .equivalence import final_table

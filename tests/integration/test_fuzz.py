@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from stream_app.events.parse import REASONS, Limits, decode
+from stream_app.core.events.parse import REASONS, Limits, decode
 
 from .conftest import read_topic, wait_for
 from .equivalence import final_states

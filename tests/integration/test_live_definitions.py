@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from stream_app.segmentation.rules.live import parse_set
+from stream_app.core.segmentation.rules.live import parse_set
 
 from .conftest import read_topic, send, wait_for
 

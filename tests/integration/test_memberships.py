@@ -24,7 +24,7 @@ import orjson
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from stream_app.routing import partition_for
+from stream_app.core.routing import partition_for
 
 from .conftest import read_topic, send, wait_for
 

@@ -8,8 +8,8 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from stream_app.modeling import MODEL_KEY
-from stream_app.segmentation.clustering import Trainer, TrainerSettings
+from stream_app.core.segmentation.clustering import Trainer, TrainerSettings
+from stream_app.host.modeling import MODEL_KEY
 
 from ..unit.test_trainer import stream
 from .conftest import wait_for

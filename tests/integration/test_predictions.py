@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_app.predictive import BgNbdParams, GammaGammaParams
-from stream_app.predictive.simulate import order_events
+from stream_app.core.predictive import BgNbdParams, GammaGammaParams
+from stream_app.core.predictive.simulate import order_events
 
 from .conftest import read_topic, send, wait_for
 

@@ -13,7 +13,7 @@ client can log in here, and the test shows the rest:
   client library's traceback.
 
 A successful SASL login, and everything after it, runs through the same client arguments as the
-TLS test's worker (``stream_app/kafka/clients.py``; mapping unit-tested in test_security.py).
+TLS test's worker (``stream_app/host/clients.py``; mapping unit-tested in test_security.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from stream_app.kafka.broker import EmbeddedBroker
+from stream_app.host.broker import EmbeddedBroker
 
 from .conftest import kafka_request_answered
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream_app.kafka.broker import EmbeddedBroker, free_port
+from stream_app.host.broker import EmbeddedBroker, free_port
 
 from .conftest import kafka_request_answered, wait_for
 from .tls import TlsProxy, self_signed

@@ -1,5 +1,5 @@
 """A plain interpreter of the rule language, the reference the generated evaluator is checked
-against (``stream_app/segmentation/rules/compiled.py`` is the only evaluator the service has).
+against (``stream_app/core/segmentation/rules/compiled.py`` is the only evaluator the service has).
 
 Written for reading, not speed: each condition kind says what it means in a few lines, on the
 language's documented semantics (case-insensitive text, a missing or wrongly typed value
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stream_app.segmentation.rules.language import And, Compare, Condition, Not, Or
-from stream_app.state.customer import CustomerState
+from stream_app.core.segmentation.rules.language import And, Compare, Condition, Not, Or
+from stream_app.core.state.customer import CustomerState
 
 ORDER = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
          "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}

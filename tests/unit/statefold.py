@@ -1,10 +1,10 @@
 """Pure folds of interactions into a customer state, for tests: the pipeline itself updates
-states in place (:func:`stream_app.state.customer.apply_in_place`) on the copy its batch owns."""
+states in place (:func:`stream_app.core.state.customer.apply_in_place`) on the copy its batch owns."""
 
 from __future__ import annotations
 
-from stream_app.events.interaction import Interaction
-from stream_app.state.customer import (
+from stream_app.core.events.interaction import Interaction
+from stream_app.core.state.customer import (
     CustomerState,
     StateConfig,
     apply_in_place,

@@ -1,8 +1,9 @@
 """Architecture rules (import-linter contracts in pyproject.toml, ``[tool.importlinter]``).
 
-- the core (processing, routing, state, segmentation, predictive, events) imports nothing of
-  faust, mode, aiokafka or kafka-python, nor the host above it;
-- layers point down: cli > worker > app > web / modeling / redefinition > kafka > processing;
+- ``stream_app.core`` (events, state, segmentation, predictive, routing, processing, pipeline)
+  imports nothing of faust, mode, aiokafka or kafka-python, nor the host, web, CLI or collector;
+- layers point down: cli > host.worker > host.app > web / host.modeling / host.redefinition >
+  host.worker_view > host.transport > host.batching > core;
 - no import cycles between the modules and packages of ``stream_app``.
 
 Private members of faust / mode / aiokafka: tests/unit/test_privates.py.
@@ -38,22 +39,23 @@ def test_a_core_module_importing_faust_breaks_the_contract(tmp_path: Path) -> No
     shutil.copytree(ROOT / "stream_app", tmp_path / "stream_app",
                     ignore=shutil.ignore_patterns("__pycache__", "static"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    core = tmp_path / "stream_app" / "state" / "customer.py"
-    core.write_text(core.read_text() + "\nimport faust  # noqa\nfrom .. import app  # noqa\n")
+    core = tmp_path / "stream_app" / "core" / "state" / "customer.py"
+    core.write_text(core.read_text() + "\nimport faust  # noqa\nfrom ...host import app  # noqa\n")
     run = _lint(tmp_path)
     assert run.returncode != 0
-    assert "stream_app.state.customer -> faust" in run.stdout
-    assert "stream_app.state.customer -> stream_app.app" in run.stdout
+    assert "stream_app.core.state.customer -> faust" in run.stdout
+    assert "stream_app.core.state.customer -> stream_app.host.app" in run.stdout
 
 
 def test_views_modeling_and_definitions_see_the_worker_through_its_interface() -> None:
     """web/, modeling.py and redefinition.py name no host module, not even for type checking:
     they see a worker through ``worker_view`` (WorkerView, WorkerHost)."""
     users = [*sorted((ROOT / "stream_app" / "web").glob("*.py")),
-             ROOT / "stream_app" / "modeling.py", ROOT / "stream_app" / "redefinition.py"]
+             ROOT / "stream_app" / "host" / "modeling.py",
+             ROOT / "stream_app" / "host" / "redefinition.py"]
     for path in users:
         text = path.read_text()
-        for host in ("from ..app import", "from .app import", "stream_app.app import",
+        for host in ("from ..host.app import", "from .app import", "stream_app.host.app import",
                      "import Runtime"):
             assert host not in text, f"{path.relative_to(ROOT)}: {host}"
 
@@ -63,10 +65,10 @@ def test_the_worker_has_every_member_of_the_interfaces(tmp_path: Path) -> None:
     there on a worker built from settings."""
     import inspect
 
-    from stream_app.app import Runtime
     from stream_app.config import load_settings
-    from stream_app.segmentation.registry import build_segmentations
-    from stream_app.worker_view import WorkerHost, WorkerView
+    from stream_app.core.segmentation.registry import build_segmentations
+    from stream_app.host.app import Runtime
+    from stream_app.host.worker_view import WorkerHost, WorkerView
 
     s = load_settings(data_dir=tmp_path, clustering=True)
     rt = Runtime(s, build_segmentations(s))

@@ -1,4 +1,4 @@
-"""Batch delivery (stream_app.kafka.batching): what replaces Faust's per-message stream.
+"""Batch delivery (stream_app.host.batching): what replaces Faust's per-message stream.
 
 The sink must keep what a Faust stream guarantees: messages tracked when taken and acked only
 after the handler returned, nothing taken while a rebalance suspends the flow, buffered
@@ -16,7 +16,7 @@ from faust.types import Message
 from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlEvent
 
-from stream_app.kafka.batching import BatchSink, OutputBatcher
+from stream_app.host.batching import BatchSink, OutputBatcher
 
 
 class FakeConsumer:

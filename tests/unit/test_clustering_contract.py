@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from stream_app.config import ClusterModel
-from stream_app.segmentation.clustering.models import (
+from stream_app.core.segmentation.clustering.models import (
     MODELS,
     Clusterer,
     make_model,
     model_from_snapshot,
 )
-from stream_app.segmentation.clustering.vectorize import FEATURES
+from stream_app.core.segmentation.clustering.vectorize import FEATURES
 
 CONFIGURATIONS = sorted(MODELS)
 

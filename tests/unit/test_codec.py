@@ -1,4 +1,4 @@
-"""Customer-state serialisation (stream_app.state.codec)."""
+"""Customer-state serialisation (stream_app.core.state.codec)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import uuid
 import orjson
 import pytest
 
-from stream_app.events import interaction as ix
-from stream_app.events.interaction import Interaction
-from stream_app.kafka import codecs as faust_codecs
-from stream_app.state import codec
-from stream_app.state.customer import (
+from stream_app.core.events import interaction as ix
+from stream_app.core.events.interaction import Interaction
+from stream_app.core.state import codec
+from stream_app.core.state.customer import (
     FIELD_NAMES,
     MAX_CATEGORIES,
     MAX_CHANNELS,
@@ -20,6 +19,7 @@ from stream_app.state.customer import (
     CustomerState,
     merge,
 )
+from stream_app.host import codecs as faust_codecs
 
 from .statefold import apply_many
 
@@ -199,7 +199,7 @@ def test_a_v2_record_reads_with_the_new_fields_defaulted() -> None:
 
 
 def test_links_markers_and_clocks_round_trip() -> None:
-    from stream_app.state.customer import Clock, Erased, Link
+    from stream_app.core.state.customer import Clock, Erased, Link
 
     for entry in (Link("u1", {"0:3": [7, 0]}), Erased({"1:2": [9, 1025]}, 1.7e9), Clock(1.6e9)):
         assert codec.loads(codec.dumps(entry)) == entry

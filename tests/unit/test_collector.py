@@ -18,8 +18,8 @@ from stream_app.collector import intake as ix
 from stream_app.collector.body import BadEncoding, TooLarge, gunzip, read_body
 from stream_app.collector.settings import load_collector_settings
 from stream_app.config import SettingsError
-from stream_app.events import parse
-from stream_app.events.parse import Limits, decode
+from stream_app.core.events import parse
+from stream_app.core.events.parse import Limits, decode
 
 NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC).timestamp()
 LIMITS = Limits()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from stream_app.collector.batches import SharedBatches
-from stream_app.routing import partition_for
+from stream_app.core.routing import partition_for
 
 
 class Builder:

@@ -1,4 +1,4 @@
-"""Features at a point in event time (stream_app.state.features)."""
+"""Features at a point in event time (stream_app.core.state.features)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import copy
 
 import pytest
 
-from stream_app.events import interaction as ix
-from stream_app.events.interaction import Interaction
-from stream_app.state.customer import DAY, CustomerState, StateConfig
-from stream_app.state.features import NEVER_DAYS, features
+from stream_app.core.events import interaction as ix
+from stream_app.core.events.interaction import Interaction
+from stream_app.core.state.customer import DAY, CustomerState, StateConfig
+from stream_app.core.state.features import NEVER_DAYS, features
 
 from .statefold import apply_many
 

@@ -8,17 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from stream_app.modeling import SET_CHANGE_PREFIX, set_change_records
-from stream_app.segmentation.clustering import BehaviorSegmentation, Trainer, TrainerSettings
-from stream_app.segmentation.clustering.models import choose_k, silhouette
-from stream_app.segmentation.clustering.stable import set_changes
-from stream_app.segmentation.clustering.vectorize import (
+from stream_app.core.segmentation.clustering import BehaviorSegmentation, Trainer, TrainerSettings
+from stream_app.core.segmentation.clustering.models import choose_k, silhouette
+from stream_app.core.segmentation.clustering.stable import set_changes
+from stream_app.core.segmentation.clustering.vectorize import (
     FEATURES,
     MIN_STD,
     fit_scaling,
     vectorize,
     vectorize_many,
 )
+from stream_app.host.modeling import SET_CHANGE_PREFIX, set_change_records
 
 from .test_trainer import feats, stream
 

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_app.segmentation.base import Decision
-from stream_app.segmentation.clustering import BehaviorSegmentation, Hysteresis
-from stream_app.segmentation.clustering.segmentation import WARMING_UP
-from stream_app.segmentation.clustering.vectorize import FEATURES, vectorize
-from stream_app.state.customer import CustomerState
+from stream_app.core.segmentation.base import Decision
+from stream_app.core.segmentation.clustering import BehaviorSegmentation, Hysteresis
+from stream_app.core.segmentation.clustering.segmentation import WARMING_UP
+from stream_app.core.segmentation.clustering.vectorize import FEATURES, vectorize
+from stream_app.core.state.customer import CustomerState
 
 
 def feats(views: float) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from stream_app import routing
-from stream_app.processing import MembershipUpdate, StepResult, membership_bytes
-from stream_app.state.customer import DAY, CustomerState
+from stream_app.core import routing
+from stream_app.core.processing import MembershipUpdate, StepResult, membership_bytes
+from stream_app.core.state.customer import DAY, CustomerState
 
 from .test_processing import (
     ANON,

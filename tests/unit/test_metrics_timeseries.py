@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from stream_app.events.interaction import KINDS
-from stream_app.events.parse import REASONS
+from stream_app.core.events.interaction import KINDS
+from stream_app.core.events.parse import REASONS
 from stream_app.metrics import (
     CONSUMER_LAG,
     MAX_SEGMENTS_PER_SEGMENTATION,

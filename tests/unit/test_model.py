@@ -31,9 +31,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from stream_app import routing
-from stream_app.events.interaction import ANON_PREFIX
-from stream_app.state.customer import DAY, CustomerState, Link
+from stream_app.core import routing
+from stream_app.core.events.interaction import ANON_PREFIX
+from stream_app.core.state.customer import DAY, CustomerState, Link
 
 from .test_processing import INPUT, ROUTED, T0, WALL, Cluster, chunks, iso
 

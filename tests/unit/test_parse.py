@@ -1,4 +1,4 @@
-"""Bytes off the wire -> interactions or rejections (stream_app.events.parse)."""
+"""Bytes off the wire -> interactions or rejections (stream_app.core.events.parse)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.events import interaction as ix
-from stream_app.events import parse
-from stream_app.events.parse import Limits, decode
+from stream_app.core.events import interaction as ix
+from stream_app.core.events import parse
+from stream_app.core.events.parse import Limits, decode
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 KAFKA_TS = NOW - 60.0

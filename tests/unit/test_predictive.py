@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from scipy import integrate, stats
 from scipy.special import betaln, expit, gammaln
 
-from stream_app import predictive
-from stream_app.predictive import (
+from stream_app.core import predictive
+from stream_app.core.predictive import (
     BgNbdParams,
     Fit,
     GammaGammaParams,

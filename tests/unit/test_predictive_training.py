@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from stream_app.predictive import (
+from stream_app.core.predictive import (
     MIN_CUSTOMERS,
     BgNbdParams,
     GammaGammaParams,
@@ -18,8 +18,8 @@ from stream_app.predictive import (
     simulate_gamma_gamma,
     to_days,
 )
-from stream_app.predictive.live import PREDICTION_FEATURES, LivePredictions
-from stream_app.predictive.training import (
+from stream_app.core.predictive.live import PREDICTION_FEATURES, LivePredictions
+from stream_app.core.predictive.training import (
     AT,
     KEY,
     PURCHASES,
@@ -27,10 +27,10 @@ from stream_app.predictive.training import (
     customer_key,
     sample_fields,
 )
-from stream_app.processing import Message, Step
-from stream_app.segmentation.clustering import Trainer, TrainerSettings
-from stream_app.segmentation.rules import load_segmentations
-from stream_app.state.customer import DAY, CustomerState
+from stream_app.core.processing import Message, Step
+from stream_app.core.segmentation.clustering import Trainer, TrainerSettings
+from stream_app.core.segmentation.rules import load_segmentations
+from stream_app.core.state.customer import DAY, CustomerState
 from tests.unit.test_trainer import stream
 
 BG = BgNbdParams(r=0.6, alpha=25.0, a=0.7, b=2.5)
@@ -266,8 +266,8 @@ def test_without_a_model_no_one_is_in_retention_and_samples_carry_no_summary() -
 # --- the dashboard's distribution ----------------------------------------------------------
 
 def test_distribution_counts_every_predicted_customer_once_and_groups_by_segment() -> None:
-    from stream_app.predictive.live import REVENUE_EDGES, distribution
-    from stream_app.predictive.summary import PurchaseSummary
+    from stream_app.core.predictive.live import REVENUE_EDGES, distribution
+    from stream_app.core.predictive.summary import PurchaseSummary
 
     live = LivePredictions.fixed(BG, GG, version=4)
     now = (DAY0 + 400) * DAY
@@ -293,6 +293,6 @@ def test_distribution_counts_every_predicted_customer_once_and_groups_by_segment
 
 
 def test_new_parameters_rescore_the_segmentations_that_read_predictions() -> None:
-    from stream_app.modeling import prediction_readers
+    from stream_app.host.modeling import prediction_readers
 
     assert [seg.name for seg in prediction_readers(load_segmentations())] == ["retention"]

@@ -1,8 +1,8 @@
 """Tripwire for the private parts of other libraries the service relies on.
 
 Every private member of faust, mode and aiokafka the host uses is in one module,
-``stream_app/kafka/transport.py`` (River's, for snapshotting its models, in
-``stream_app/segmentation/clustering/models.py``). The libraries are pinned exactly; an
+``stream_app/host/transport.py`` (River's, for snapshotting its models, in
+``stream_app/core/segmentation/clustering/models.py``). The libraries are pinned exactly; an
 upgrade that renames or reshapes one of these members must fail here, naming it, rather than
 break delivery in production. The catalogue below is the list: a member the code starts to
 use without adding it here fails :func:`test_no_library_private_is_used_outside_its_module`.
@@ -24,8 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "stream_app"
-HOST = PACKAGE / "kafka" / "transport.py"
-RIVER_HOST = PACKAGE / "segmentation" / "clustering" / "models.py"
+HOST = PACKAGE / "host" / "transport.py"
+RIVER_HOST = PACKAGE / "core" / "segmentation" / "clustering" / "models.py"
 
 # (where, member, what is relied on). ``where`` is "module:Class" or "module".
 #  - a tuple of parameter names: a method with exactly these parameters
@@ -112,7 +112,7 @@ def test_every_relied_on_private_member_is_still_there(where: str, member: str,
     elif expected == ATTR:
         assert _assigned_in(obj, member), (
             f"{where} no longer assigns self.{member}: the host relies on it "
-            f"(stream_app/kafka/transport.py / clustering/models.py); check what replaced it")
+            f"(stream_app/host/transport.py / clustering/models.py); check what replaced it")
     else:
         fn = inspect.getattr_static(obj, member, None)
         assert fn is not None, f"{where}.{member} is gone: the host overrides or calls it"

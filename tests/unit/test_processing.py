@@ -1,4 +1,4 @@
-"""The batch step (stream_app.processing.Step) with plain dicts as tables, and a loop that
+"""The batch step (stream_app.core.processing.Step) with plain dicts as tables, and a loop that
 plays a small cluster: every partition runs Step.run and routed records are delivered to their
 partitions until nothing is left in flight."""
 
@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app import routing
-from stream_app.events import parse
-from stream_app.events.interaction import ANON_PREFIX
-from stream_app.events.models import SegmentChange
-from stream_app.processing import (
+from stream_app.core import routing
+from stream_app.core.events import parse
+from stream_app.core.events.interaction import ANON_PREFIX
+from stream_app.core.events.models import SegmentChange
+from stream_app.core.processing import (
     Change,
     EventClock,
     Message,
@@ -27,10 +27,10 @@ from stream_app.processing import (
     dead_letter_headers,
     event_clock,
 )
-from stream_app.routing import partition_for
-from stream_app.segmentation.base import Decision, Segmentation, change_id
-from stream_app.state import codec
-from stream_app.state.customer import DAY, CustomerState, Erased, Link, StateConfig
+from stream_app.core.routing import partition_for
+from stream_app.core.segmentation.base import Decision, Segmentation, change_id
+from stream_app.core.state import codec
+from stream_app.core.state.customer import DAY, CustomerState, Erased, Link, StateConfig
 
 INPUT, ROUTED = "customer-interactions", "segmenter-routed"
 T0 = 1_700_000_000.0

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_app.segmentation.clustering.profiles import build_profiles
-from stream_app.segmentation.clustering.vectorize import RunningScaler, vectorize
+from stream_app.core.segmentation.clustering.profiles import build_profiles
+from stream_app.core.segmentation.clustering.vectorize import RunningScaler, vectorize
 
 # Archetypes in the units of state.features.features (lifetime counts; tenure ~ 1.6 months)
 ARCHETYPES: dict[str, dict[str, float]] = {

@@ -1,5 +1,5 @@
 """Live definitions in the pure parts: checking and versioning a new text
-(stream_app.segmentation.rules.live) and the backfill of stored customers under it
+(stream_app.core.segmentation.rules.live) and the backfill of stored customers under it
 (Step.redefine, Step.backfill), with a plain dict as the table."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app.processing import Message, Step
-from stream_app.segmentation.rules import DefinitionsError
-from stream_app.segmentation.rules.live import (
+from stream_app.core.processing import Message, Step
+from stream_app.core.segmentation.rules import DefinitionsError
+from stream_app.core.segmentation.rules.live import (
     MAX_DEFINITIONS_BYTES,
     decode_record,
     encode_record,
     format_of,
     parse_set,
 )
-from stream_app.state.customer import CustomerState
+from stream_app.core.state.customer import CustomerState
 
 T0 = 1_780_000_000.0
 WALL = T0 + 86400

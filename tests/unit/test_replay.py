@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_app.events import interaction as ix
-from stream_app.events.parse import decode
+from stream_app.core.events import interaction as ix
+from stream_app.core.events.parse import decode
 from stream_app.replay import (
     ReplayError,
     file_format,

@@ -1,4 +1,4 @@
-"""Partition ownership and routed-topic operations (stream_app.routing)."""
+"""Partition ownership and routed-topic operations (stream_app.core.routing)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from kafka.partitioner.default import DefaultPartitioner
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from stream_app import routing
-from stream_app.events import interaction as ix
-from stream_app.events.interaction import Interaction
-from stream_app.routing import partition_for
+from stream_app.core import routing
+from stream_app.core.events import interaction as ix
+from stream_app.core.events.interaction import Interaction
+from stream_app.core.routing import partition_for
 
 
 class _Cluster:

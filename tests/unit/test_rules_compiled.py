@@ -19,15 +19,21 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app.events.parse import decode
-from stream_app.predictive import BgNbdParams, GammaGammaParams
-from stream_app.predictive.live import LivePredictions
-from stream_app.segmentation.rules import load_segmentations
-from stream_app.segmentation.rules.definitions import parse_definitions
-from stream_app.segmentation.rules.segmentation import RuleSegmentation
+from stream_app.core.events.parse import decode
+from stream_app.core.predictive import BgNbdParams, GammaGammaParams
+from stream_app.core.predictive.live import LivePredictions
+from stream_app.core.segmentation.rules import load_segmentations
+from stream_app.core.segmentation.rules.definitions import parse_definitions
+from stream_app.core.segmentation.rules.segmentation import RuleSegmentation
+from stream_app.core.state.customer import (
+    DAY,
+    CustomerState,
+    StateConfig,
+    apply_in_place,
+    new_state,
+)
+from stream_app.core.state.features import features
 from stream_app.simulate import simulate
-from stream_app.state.customer import DAY, CustomerState, StateConfig, apply_in_place, new_state
-from stream_app.state.features import features
 
 from . import rules_reference as reference
 

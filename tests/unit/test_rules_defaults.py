@@ -1,7 +1,7 @@
 """Every shipped default segment, reached by customers built from interactions.
 
-States come from :func:`stream_app.state.customer.apply_many`, features from
-:func:`stream_app.state.features.features` at event time, as in the worker, with the
+States come from :func:`stream_app.core.state.customer.apply_many`, features from
+:func:`stream_app.core.state.features.features` at event time, as in the worker, with the
 predictions of a fixed BG/NBD and Gamma-Gamma model added as the step adds them.
 """
 
@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from stream_app.events import interaction as ix
-from stream_app.events.interaction import Interaction
-from stream_app.predictive import BgNbdParams, GammaGammaParams
-from stream_app.predictive.live import LivePredictions
-from stream_app.segmentation.rules import load_segmentations
-from stream_app.state.customer import DAY, CustomerState
-from stream_app.state.features import features
+from stream_app.core.events import interaction as ix
+from stream_app.core.events.interaction import Interaction
+from stream_app.core.predictive import BgNbdParams, GammaGammaParams
+from stream_app.core.predictive.live import LivePredictions
+from stream_app.core.segmentation.rules import load_segmentations
+from stream_app.core.state.customer import DAY, CustomerState
+from stream_app.core.state.features import features
 
 from .statefold import apply_many
 

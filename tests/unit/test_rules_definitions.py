@@ -9,17 +9,17 @@ from typing import Any
 import pytest
 import yaml
 
-from stream_app.segmentation.clustering.trainer import SEGMENTATION as CLUSTERING
-from stream_app.segmentation.rules import (
+from stream_app.core.segmentation.clustering.trainer import SEGMENTATION as CLUSTERING
+from stream_app.core.segmentation.rules import (
     DefinitionsError,
     RuleSegmentation,
     load_definitions,
     load_segmentations,
     parse_definitions,
 )
-from stream_app.segmentation.rules.definitions import RESERVED_NAMES
-from stream_app.state.customer import DAY, CustomerState
-from stream_app.state.features import features
+from stream_app.core.segmentation.rules.definitions import RESERVED_NAMES
+from stream_app.core.state.customer import DAY, CustomerState
+from stream_app.core.state.features import features
 
 T0 = 1_700_000_000.0
 

@@ -8,21 +8,21 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from stream_app.events.models import Address, Traits
-from stream_app.events.parse import flatten_traits
-from stream_app.predictive import BgNbdParams, GammaGammaParams
-from stream_app.predictive.live import PREDICTION_FEATURES, LivePredictions
-from stream_app.predictive.summary import from_orders
-from stream_app.segmentation.rules.compiled import compile_rules
-from stream_app.segmentation.rules.fields import (
+from stream_app.core.events.models import Address, Traits
+from stream_app.core.events.parse import flatten_traits
+from stream_app.core.predictive import BgNbdParams, GammaGammaParams
+from stream_app.core.predictive.live import PREDICTION_FEATURES, LivePredictions
+from stream_app.core.predictive.summary import from_orders
+from stream_app.core.segmentation.rules.compiled import compile_rules
+from stream_app.core.segmentation.rules.fields import (
     FEATURE_KINDS,
     NULLABLE_FEATURES,
     TIME_FEATURES,
     TRAIT_KINDS,
 )
-from stream_app.segmentation.rules.language import Condition
-from stream_app.state.customer import DAY, CustomerState
-from stream_app.state.features import features
+from stream_app.core.segmentation.rules.language import Condition
+from stream_app.core.state.customer import DAY, CustomerState
+from stream_app.core.state.features import features
 
 T0 = 1_700_000_000.0
 CONDITION: TypeAdapter[Any] = TypeAdapter(Condition)

@@ -11,7 +11,7 @@ import jsonschema
 import orjson
 import pytest
 
-from stream_app.events.parse import decode
+from stream_app.core.events.parse import decode
 from stream_app.schemas import generate
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

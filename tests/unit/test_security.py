@@ -22,15 +22,15 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from stream_app.config import Settings, load_settings
-from stream_app.events.models import SegmentChange
-from stream_app.kafka.clients import (
+from stream_app.core.events.models import SegmentChange
+from stream_app.core.processing import Message, Step
+from stream_app.core.segmentation.registry import build_segmentations
+from stream_app.host.clients import (
     aiokafka_config,
     connection_summary,
     faust_credentials,
     kafka_python_config,
 )
-from stream_app.processing import Message, Step
-from stream_app.segmentation.registry import build_segmentations
 
 PACKAGE = Path(__file__).resolve().parents[2] / "stream_app"
 SECRET = "s3cret-do-not-leak"
@@ -116,7 +116,7 @@ def test_the_connection_summary_names_the_settings_but_never_the_password() -> N
 
 
 def test_the_worker_app_is_built_with_the_credentials(tmp_path: Path) -> None:
-    from stream_app.app import Runtime
+    from stream_app.host.app import Runtime
 
     s = load_settings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
                       sasl_username="segmenter", sasl_password=SECRET, clustering=False,
@@ -164,7 +164,7 @@ def test_every_topic_and_table_uses_a_byte_exact_codec(tmp_path: Path) -> None:
     Checked on the app as a worker builds it: the app defaults, each table and its changelog,
     each agent's channel, each topic the app declared (clustering topics included).
     """
-    from stream_app.app import Runtime
+    from stream_app.host.app import Runtime
 
     s = load_settings(data_dir=tmp_path, clustering=True)
     rt = Runtime(s, build_segmentations(s))

@@ -8,8 +8,8 @@ from itertools import islice
 import orjson
 import pytest
 
-from stream_app.events import interaction as ix
-from stream_app.events.parse import decode
+from stream_app.core.events import interaction as ix
+from stream_app.core.events.parse import decode
 from stream_app.simulate import (
     DAY,
     PERSONA_KEYS,

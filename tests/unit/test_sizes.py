@@ -9,12 +9,12 @@ from pathlib import Path
 import orjson
 
 from stream_app.config import load_settings
-from stream_app.pipeline import Pipeline
-from stream_app.processing import DELETED, Message
-from stream_app.routing import partition_of
-from stream_app.segmentation.registry import build_segmentations
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.processing import DELETED, Message
+from stream_app.core.routing import partition_of
+from stream_app.core.segmentation.registry import build_segmentations
+from stream_app.core.state.sizes import SegmentSizes
 from stream_app.simulate import simulate
-from stream_app.state.sizes import SegmentSizes
 
 
 def test_sizes_from_changes_equal_a_recount_of_the_table(tmp_path: Path) -> None:

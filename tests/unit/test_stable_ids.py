@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_app.segmentation.clustering import Trainer, TrainerSettings
-from stream_app.segmentation.clustering.stable import id_order, match
+from stream_app.core.segmentation.clustering import Trainer, TrainerSettings
+from stream_app.core.segmentation.clustering.stable import id_order, match
 
 A, B, C = [0.0, 0.0], [5.0, 0.0], [0.0, 5.0]
 PREVIOUS = {"b1": A, "b2": B, "b3": C}

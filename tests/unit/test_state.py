@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.events import interaction as ix
-from stream_app.events.interaction import Interaction
-from stream_app.predictive.summary import PurchaseSummary, from_orders, utc_day
-from stream_app.state.customer import (
+from stream_app.core.events import interaction as ix
+from stream_app.core.events.interaction import Interaction
+from stream_app.core.predictive.summary import PurchaseSummary, from_orders, utc_day
+from stream_app.core.state.customer import (
     DAY,
     FIELD_NAMES,
     MAX_CATEGORIES,
@@ -265,7 +265,7 @@ def check_purchases(state: CustomerState, recs: list[Interaction]) -> None:
     """The purchase summary against the exact one of all the orders in ``recs``: first and
     last day, the first day's value and the total exact; the repeat days exact too unless two
     orders share a day strictly between the first and last (then a late one may be counted
-    as a day of its own: over, never under; stream_app/predictive/summary.py)."""
+    as a day of its own: over, never under; stream_app/core/predictive/summary.py)."""
     orders = [[r.ts, r.amount] for r in recs if r.kind == ix.ORDER]
     exact = from_orders(orders)
     got = state.purchases

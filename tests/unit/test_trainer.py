@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from stream_app.segmentation.clustering import (
+from stream_app.core.segmentation.clustering import (
     BehaviorSegmentation,
     Trainer,
     TrainerSettings,
     learn_due,
 )
-from stream_app.segmentation.clustering.vectorize import FEATURES
+from stream_app.core.segmentation.clustering.vectorize import FEATURES
 
 GROUPS = [(2.0, 0.0), (40.0, 0.0), (10.0, 8.0)]  # (product views, orders) per group
 

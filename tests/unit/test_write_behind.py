@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from faust.streams import current_event
 
-from stream_app.kafka.tables import WriteBehind
-from stream_app.processing import DELETED, HeldWrites
+from stream_app.core.processing import DELETED, HeldWrites
+from stream_app.host.tables import WriteBehind
 
 
 class Store(dict[str, Any]):

@@ -17,8 +17,8 @@ The BG/NBD figures depend only on the whole-day inputs ``(x, t_x, T)``, so they 
 a bounded cache (:data:`CACHE_SIZE` entries, dropped when new parameters load): computing
 them costs ~6 µs a customer (two Gauss hypergeometric functions), a cache hit ~0.3 µs.
 
->>> from stream_app.predictive import BgNbdParams, GammaGammaParams
->>> from stream_app.predictive.summary import PurchaseSummary
+>>> from stream_app.core.predictive import BgNbdParams, GammaGammaParams
+>>> from stream_app.core.predictive.summary import PurchaseSummary
 >>> live = LivePredictions()
 >>> live.of(PurchaseSummary(19000, 30.0, 19060, 3, 120.0), 19090 * 86400.0)["p_alive"] is None
 True
@@ -152,7 +152,7 @@ def distribution(customers: Iterable[tuple[PurchaseSummary | None, str | None]],
     last bin open), and per behavioural segment (None: not in one) the customers, mean
     ``p_alive``, mean and total expected 90-day revenue. Pure.
 
-    >>> from stream_app.predictive import BgNbdParams
+    >>> from stream_app.core.predictive import BgNbdParams
     >>> live = LivePredictions.fixed(BgNbdParams(0.5, 20.0, 0.8, 3.0))
     >>> doc = distribution([(PurchaseSummary(19000, 9.0, 19000, 0, 0.0), "c1"), (None, "c1")],
     ...                    live, 19010 * 86400.0)

@@ -1,7 +1,7 @@
 """The Faust application: topics, tables, the processing agent and the worker's web views.
 
 Agents are thin: they group a batch of events by partition, hand each group to the pure
-:class:`~stream_app.processing.Step` together with that partition's table view, and send what
+:class:`~stream_app.core.processing.Step` together with that partition's table view, and send what
 comes back (routed records, dead letters, segment changes).
 """
 
@@ -17,21 +17,21 @@ from typing import Any
 
 from mode import Service
 
-from .config import Settings
+from ..config import Settings
+from ..core.pipeline import Pipeline, Processed
+from ..core.processing import TICK_CHUNK
+from ..core.routing import partition_of
+from ..core.segmentation.base import Segmentation
+from ..core.state import codec
+from ..core.state.sizes import SegmentSizes
+from ..metrics import Metrics
+from ..web.timeseries import Sampler
+from .batching import BatchSink, OutputBatcher
+from .clients import faust_credentials
+from .codecs import register as register_codecs
 from .health import PROBE_INTERVAL_S, BrokerWatch
-from .kafka.batching import BatchSink, OutputBatcher
-from .kafka.clients import faust_credentials
-from .kafka.codecs import register as register_codecs
-from .kafka.tables import WriteBehind
-from .kafka.transport import SegmenterApp, aiokafka_producer, committed_offset, send_now
-from .metrics import Metrics
-from .pipeline import Pipeline, Processed
-from .processing import TICK_CHUNK
-from .routing import partition_of
-from .segmentation.base import Segmentation
-from .state import codec
-from .state.sizes import SegmentSizes
-from .web.timeseries import Sampler
+from .tables import WriteBehind
+from .transport import SegmenterApp, aiokafka_producer, committed_offset, send_now
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Runtime:
                  definitions: Any = None) -> None:
         register_codecs()
         self.settings = s = settings
-        # the core: every decision about a record (stream_app/pipeline.py); this class only
+        # the core: every decision about a record (stream_app/core/pipeline.py); this class only
         # delivers records to it, sends what it returns, writes the state and acks
         self.pipeline = Pipeline(s, list(segmentations or []))
         self.segmentations = self.pipeline.segmentations
@@ -106,7 +106,7 @@ class Runtime:
         # and the partition clocks (state/customer.py), so each change is one record
         self.customers = self._table("customers", "customer-state")
         # what the worker reads and writes: the table with the writes of batches whose
-        # outputs are not on the broker yet (kafka/tables.py)
+        # outputs are not on the broker yet (host/tables.py)
         self.customer_states = WriteBehind(self.customers, codec.dumps, s.routed_topic)
         self._last_written: asyncio.Future[None] | None = None  # the newest batch's writes
         self._declare_agents()
@@ -121,8 +121,8 @@ class Runtime:
         # live rule definitions: the topic, the file watcher, the backfill, their views
         # (``definitions``: redefinition.Startup; None: the file's)
         self.definitions = redefinition.install(self, definitions)
-        from .web.admin import register_admin
-        from .web.views import register_views
+        from ..web.admin import register_admin
+        from ..web.views import register_views
 
         register_views(self)  # read-only views (worker_view.WorkerView)
         register_admin(self)  # DELETE /admin/customers/{id}: erasure requests

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import Settings
+from ...config import Settings
 from .base import Segmentation
 
 
@@ -14,7 +14,7 @@ def build_segmentations(settings: Settings, rules: Sequence[Segmentation] | None
     segmentations: ``rules``, else those of SEGMENTER_SEGMENTS_FILE (or the shipped
     defaults).
 
-    Raises :class:`~stream_app.segmentation.rules.DefinitionsError` for a bad file.
+    Raises :class:`~stream_app.core.segmentation.rules.DefinitionsError` for a bad file.
     """
     from .rules import load_segmentations
 

@@ -1,8 +1,8 @@
 """What a rule can test: customer features and profile traits, each with its kind.
 
-Features are read from :func:`stream_app.state.features.features` itself, so a feature added
+Features are read from :func:`stream_app.core.state.features.features` itself, so a feature added
 there can be used in rules at once; traits are the flat profile kept in customer state
-(``stream_app.events.parse.flatten_traits``). Knowing every name lets a definitions file with
+(``stream_app.core.events.parse.flatten_traits``). Knowing every name lets a definitions file with
 a typo fail at load time instead of silently never matching.
 """
 
@@ -26,7 +26,7 @@ def _feature_kinds() -> dict[str, Kind]:
             for name, value in sample.items()}
 
 
-# The per-customer predictions the step adds to the features (stream_app/predictive/live.py):
+# The per-customer predictions the step adds to the features (stream_app/core/predictive/live.py):
 # numbers, but None for a customer without an order or while no model is fitted, so a rule on
 # one fails for those customers (as any comparison with a missing value does).
 NULLABLE_FEATURES: frozenset[str] = frozenset(PREDICTION_FEATURES)

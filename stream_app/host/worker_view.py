@@ -1,5 +1,5 @@
 """What the web views, the clustering's model follower and the live definitions see of a
-worker: two small interfaces, so none of them depends on the host (``stream_app.app``).
+worker: two small interfaces, so none of them depends on the host (``stream_app.host.app``).
 
 :class:`WorkerView` is read-only: the settings, the state as of the last batch handled, the
 live figures. :class:`WorkerHost` adds what the model follower and the live definitions
@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
+    from ..core.pipeline import Pipeline, Processed
+    from ..core.predictive.live import LivePredictions
+    from ..core.processing import Step
+    from ..core.segmentation.base import Segmentation
+    from ..core.state.sizes import SegmentSizes
+    from ..metrics import Metrics
+    from ..web.timeseries import Sampler
     from .health import BrokerWatch
-    from .metrics import Metrics
-    from .pipeline import Pipeline, Processed
-    from .predictive.live import LivePredictions
-    from .processing import Step
-    from .segmentation.base import Segmentation
-    from .state.sizes import SegmentSizes
-    from .web.timeseries import Sampler
 
 
 class WorkerView(Protocol):

@@ -1,5 +1,5 @@
 """The Faust codecs of the worker's tables and internal topics (registered by name): the
-core's own serialisation (:mod:`stream_app.state.codec`, pickle-free) under Faust's codec
+core's own serialisation (:mod:`stream_app.core.state.codec`, pickle-free) under Faust's codec
 interface, so that the core imports nothing of Faust."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from faust.serializers import codecs
 
-from ..state.codec import dumps, loads
+from ..core.state.codec import dumps, loads
 
 
 class StateCodec(codecs.Codec):

@@ -77,7 +77,7 @@ class _Model:
 
 
 class BehaviorSegmentation:
-    """Implements :class:`stream_app.segmentation.base.Segmentation`."""
+    """Implements :class:`stream_app.core.segmentation.base.Segmentation`."""
 
     name = SEGMENTATION
     time_sensitive = True  # recency and the decayed activity move with time alone

@@ -52,7 +52,7 @@ import numpy as np
 from .fitting import MIN_CUSTOMERS, SAMPLE_SIZE, Fit, fit_bgnbd, fit_gamma_gamma
 from .summary import DAY_S, PurchaseSummary
 
-PURCHASES = "_purchases"  # sample keys (stream_app/processing.py adds them)
+PURCHASES = "_purchases"  # sample keys (stream_app/core/processing.py adds them)
 KEY = "_key"
 AT = "_at"
 _FULL = 1 << 64

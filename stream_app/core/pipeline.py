@@ -6,7 +6,7 @@ parameters loaded from models. Every entry point takes one partition's records (
 and the tables' view of that partition, and returns a :class:`Processed`: the records to
 send, as ``(topic, key, value, partition, headers)``, and the state writes to make once they
 are on the broker. A host delivers records, sends the outputs, writes the state and acks,
-in that order; it decides nothing. The worker (``stream_app.app``) and the benchmark's
+in that order; it decides nothing. The worker (``stream_app.host.app``) and the benchmark's
 baseline loop (``bench/throughput.py``) are two hosts of this object; nothing here knows
 Kafka or Faust.
 """
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .config import Settings
+from ..config import Settings
 from .events.parse import Limits
 from .predictive.live import LivePredictions
 from .processing import (

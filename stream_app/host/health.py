@@ -19,9 +19,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import Settings
-from .kafka.clients import aiokafka_config
-from .metrics import Metrics
+from ..config import Settings
+from ..metrics import Metrics
+from .clients import aiokafka_config
 
 log = logging.getLogger(__name__)
 

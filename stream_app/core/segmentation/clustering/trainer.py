@@ -35,7 +35,7 @@ Snapshot fields (``format`` 1)::
     segments: [{id, name, centre (scaled, in features order), profile}]
     predictive: the BG/NBD and Gamma-Gamma fits in force ({bgnbd, gamma_gamma: Fit JSON with
         params, customers, log_likelihood, fitted_at; or null}, last_attempt, sample), or
-        null with predictions off (:mod:`stream_app.predictive.training`)
+        null with predictions off (:mod:`stream_app.core.predictive.training`)
 
 The predictive models learn from the same samples (those of customers with an order carry
 their purchase summary) and are refitted as event time advances; a refit whose fits pass
@@ -115,7 +115,7 @@ class Trainer:
     # --- learning -----------------------------------------------------------------------
     def learn(self, feats: Mapping[str, Any]) -> None:
         """Learn from one customer's features (a dict from ``state.features.features``,
-        with the purchase summary of :func:`stream_app.predictive.training.sample_fields`
+        with the purchase summary of :func:`stream_app.core.predictive.training.sample_fields`
         for a customer with an order)."""
         if self.predictive is not None:
             self.predictive.observe(feats)

@@ -38,7 +38,7 @@ from typing import Any
 
 from faust.types import Message
 
-from .. import routing
+from ..core import routing
 
 log = logging.getLogger(__name__)
 

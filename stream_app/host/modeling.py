@@ -2,7 +2,7 @@
 
 - Every worker sends feature samples (at most one per customer per day of event time) to the
   one-partition training topic. Exactly one worker owns that partition, so exactly one
-  :class:`~stream_app.segmentation.clustering.Trainer` learns, wherever it runs.
+  :class:`~stream_app.core.segmentation.clustering.Trainer` learns, wherever it runs.
 - The trainer publishes versioned snapshots (plain JSON) to the compacted model topic and a
   checkpoint of itself to the trainer topic, so a trainer that moves to another worker after a
   rebalance resumes from the last checkpoint.
@@ -24,8 +24,8 @@ import aiokafka
 import orjson
 from mode import Service
 
-from .kafka.clients import aiokafka_config
-from .segmentation.clustering import BehaviorSegmentation, Trainer, TrainerSettings
+from ..core.segmentation.clustering import BehaviorSegmentation, Trainer, TrainerSettings
+from .clients import aiokafka_config
 
 if TYPE_CHECKING:
     from .worker_view import WorkerHost
@@ -35,7 +35,7 @@ MODEL_KEY = b"behavior"
 
 
 def trainer_settings(rt: WorkerHost) -> TrainerSettings:
-    from .evaluation import trainer_settings as from_settings
+    from ..evaluation import trainer_settings as from_settings
 
     return from_settings(rt.settings)
 
@@ -254,8 +254,8 @@ def load_predictions(rt: WorkerHost, snapshot: dict[str, Any]) -> bool:
 
 def prediction_readers(segmentations: Any) -> list[Any]:
     """The rule segmentations whose conditions read a prediction (p_alive, ...)."""
-    from .segmentation.rules.compiled import subjects
-    from .segmentation.rules.fields import NULLABLE_FEATURES
+    from ..core.segmentation.rules.compiled import subjects
+    from ..core.segmentation.rules.fields import NULLABLE_FEATURES
 
     out = []
     for seg in segmentations:
@@ -268,7 +268,7 @@ def prediction_readers(segmentations: Any) -> list[Any]:
 
 class Rescorer:
     """Re-scores every local customer after a new model version is loaded (see
-    :meth:`stream_app.processing.Step.rescore`): one pass at a time; versions loaded during a pass ask for
+    :meth:`stream_app.core.processing.Step.rescore`): one pass at a time; versions loaded during a pass ask for
     one more pass after it, not one each. With new predictive parameters the pass also
     re-scores the rule segmentations that read predictions."""
 

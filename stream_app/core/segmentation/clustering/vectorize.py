@@ -10,7 +10,7 @@ transforms every feature is standardised with a running mean and variance so tha
 weighs the same in a Euclidean distance.
 
 =========================  ===================================================  =========
-vector feature             from :func:`stream_app.state.features.features`      transform
+vector feature             from :func:`stream_app.core.state.features.features`      transform
 =========================  ===================================================  =========
 days_since_last_order      ``recency_days`` capped at 365 (never ordered: 365)  log1p
 orders                     lifetime ``orders``                                  log1p

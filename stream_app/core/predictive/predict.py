@@ -5,7 +5,7 @@ transactions in 90 days. A customer without repeat purchases has no ``m_x`` of r
 transactions, so their expected value is the population mean ``p v / (q - 1)`` (Gamma-Gamma's
 conditional expectation at ``x = 0``). Without a Gamma-Gamma fit the revenue is None.
 
->>> from stream_app.predictive import BgNbdParams, GammaGammaParams
+>>> from stream_app.core.predictive import BgNbdParams, GammaGammaParams
 >>> predictor = Predictor(BgNbdParams(0.5, 20.0, 0.8, 3.0), GammaGammaParams(6.0, 4.0, 15.0))
 >>> pr = predictor.predict(x=3, t_x=60, T=90, m_x=40.0)
 >>> round(pr.p_alive, 3), round(pr.expected_orders_90d, 3), round(pr.expected_revenue_90d, 2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from .config import Settings
-from .kafka.clients import check_partitions, ensure_topics
-from .kafka.transport import BoundedWorker
+from ..config import Settings
+from .clients import check_partitions, ensure_topics
+from .transport import BoundedWorker
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,9 @@ def configure_logging(level: str) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM. Blocks."""
+    from ..core.segmentation.registry import build_segmentations
     from .app import Runtime
     from .redefinition import startup_definitions
-    from .segmentation.registry import build_segmentations
 
     configure_logging(settings.log_level)
     counts = ensure_topics(settings)

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from mode import Service
 
-from .config import Settings
-from .segmentation.rules import DefinitionsError
-from .segmentation.rules.definitions import DEFAULTS
-from .segmentation.rules.live import (
+from ..config import Settings
+from ..core.segmentation.rules import DefinitionsError
+from ..core.segmentation.rules.definitions import DEFAULTS
+from ..core.segmentation.rules.live import (
     MAX_DEFINITIONS_BYTES,
     RECORD_KEY,
     DefinitionSet,
@@ -64,7 +64,7 @@ def read_file(settings: Settings) -> tuple[bytes, str]:
     shipped defaults when no file is set. ``DefinitionsError`` when unreadable."""
     path = settings.segments_file
     if path is None:
-        return (resources.files("stream_app.segmentation.rules").joinpath(DEFAULTS)
+        return (resources.files("stream_app.core.segmentation.rules").joinpath(DEFAULTS)
                 .read_bytes(), DEFAULTS)
     try:
         with open(path, "rb") as f:
@@ -104,7 +104,7 @@ def startup_definitions(settings: Settings, timeout_s: float = 30.0) -> Startup:
     Raises ``DefinitionsError`` for an unusable file: the worker refuses to start."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from .kafka.clients import kafka_python_config
+    from .clients import kafka_python_config
 
     defs, fv = file_set(settings)
     consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
@@ -254,7 +254,7 @@ class Definitions(Service):
     async def follow(self) -> None:
         import aiokafka
 
-        from .kafka.clients import aiokafka_config
+        from .clients import aiokafka_config
 
         s = self.rt.settings
         consumer = aiokafka.AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
@@ -392,7 +392,7 @@ def install(rt: WorkerHost, startup: Startup | None = None) -> Definitions:
     """Declare the definitions topic, the follower, the file watcher and the backfill on
     ``rt.app``; ``startup`` from :func:`startup_definitions` (None: the file's, for tools
     and tests that build a worker without a broker)."""
-    from .web.definitions import register_definitions
+    from ..web.definitions import register_definitions
 
     s = rt.settings
     app = rt.app

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from ..processing import DELETED  # a staged delete, as HeldWrites holds it
+from ..core.processing import DELETED  # a staged delete, as HeldWrites holds it
 from .transport import partition_context
 
 _MISSING = object()

@@ -1,7 +1,7 @@
 """Named rule segmentations: the first segment whose condition matches wins.
 
 One :class:`RuleSegmentation` per segmentation of the definitions file, each meeting the
-:class:`~stream_app.segmentation.base.Segmentation` contract. Conditions are compiled to
+:class:`~stream_app.core.segmentation.base.Segmentation` contract. Conditions are compiled to
 generated Python once, at load (:mod:`.compiled`), so an evaluation is one function call.
 
 The per-customer ``aux`` is the version of the segmentation's definition the customer was
@@ -26,7 +26,7 @@ REDEFINED = "definition changed"  # the reason's prefix when the definition move
 
 
 class RuleSegmentation:
-    """Implements :class:`stream_app.segmentation.base.Segmentation` for one definition."""
+    """Implements :class:`stream_app.core.segmentation.base.Segmentation` for one definition."""
 
     def __init__(self, definition: SegmentationDef) -> None:
         self.definition = definition

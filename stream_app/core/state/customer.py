@@ -4,7 +4,7 @@ Everything here is event-time based and order-insensitive where it can be: decay
 kept relative to a reference time and folded in exactly whatever order events come in, so a
 replay of last year's history gives the same state as living through it.
 
-Stored compactly (:mod:`stream_app.state.codec`) to stay well under 1 KiB per customer.
+Stored compactly (:mod:`stream_app.core.state.codec`) to stay well under 1 KiB per customer.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class CustomerState:
     change_seq: dict[str, int] = field(default_factory=dict)
     evaluated_at: float = 0.0  # event time of the last evaluation (never goes back)
     # purchase days for the predictive models (BG/NBD, Gamma-Gamma): five numbers, not a
-    # list of days (stream_app/predictive/summary.py); None before the first order
+    # list of days (stream_app/core/predictive/summary.py); None before the first order
     purchases: PurchaseSummary | None = None
 
     def copy(self) -> CustomerState:

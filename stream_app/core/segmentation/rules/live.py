@@ -1,5 +1,5 @@
 """Definitions that change while the service runs: checked in full, versioned, encoded for
-the definitions topic. No I/O here (the worker's side is :mod:`stream_app.redefinition`).
+the definitions topic. No I/O here (the worker's side is :mod:`stream_app.host.redefinition`).
 
 A :class:`DefinitionSet` is one accepted text of the definitions (YAML or JSON, as a file or
 ``PUT /admin/segmentations`` gives it) with its rule segmentations built. Its ``version`` is
