@@ -168,13 +168,7 @@ async def serve(settings: CollectorSettings, *, started: Callable[[str], Any] | 
         log.info("collector listening on %s: %d write key(s), Kafka %s, topic %s%s", url,
                  len(settings.write_key_list), settings.broker_url, settings.input_topic,
                  "" if sink.idempotent else " (producer not idempotent)")
-        import os as _os  # EXPERIMENT
-        if _os.environ.get("GC_T"):
-            gc.collect()
-            gc.freeze()
-            t = [int(x) for x in _os.environ["GC_T"].split(",")]
-            if t[0]:
-                gc.set_threshold(*t)
+        _tune_gc()
         if started is not None:
             started(url)
         await stop.wait()
@@ -183,6 +177,20 @@ async def serve(settings: CollectorSettings, *, started: Callable[[str], Any] | 
         with contextlib.suppress(Exception):
             await asyncio.wait_for(runner.cleanup(), settings.shutdown_timeout)
         await sink.stop()
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path. A request parses ~2,000 objects
+    that live until Kafka acknowledges it, so with the default threshold (a collection every
+    700 allocations) the in-flight requests and every object of the loaded program were
+    scanned over and over: ~10 % of the collector's CPU time. The program's own objects
+    (imports, settings, the app) are moved out of the collector's way once started, and a
+    young collection runs every 10,000 allocations: GC time measured 0.93 s -> 0.05 s of
+    ~9 s of CPU at the peak rate. Reference counting still frees the request objects at
+    once; only cycles wait a little longer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def run_collector(settings: CollectorSettings) -> None:
