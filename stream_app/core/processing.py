@@ -107,8 +107,7 @@ class StepResult:
     changes: list[Change] = field(default_factory=list)
     # one per customer with changes (or gone: erased, merged), sent after the changes
     memberships: list[MembershipUpdate] = field(default_factory=list)
-    written: int = 0
-    deleted: int = 0
+    written: int = 0  # customer states written (what a sweep reports)
     applied: int = 0
     duplicates: int = 0
     events_by_kind: dict[str, int] = field(default_factory=dict)
@@ -204,7 +203,6 @@ class Step:
             if type(stored) is Erased:
                 if wall_now - stored.erased_at > erased_keep_s:
                     del customers[key]
-                    res.deleted += 1
                 continue
             if type(stored) is not CustomerState or now <= max(stored.last_seen,
                                                                stored.evaluated_at):
@@ -856,7 +854,6 @@ class _Batch:
             if entry is None:
                 if self.customers.get(key) is not None:
                     del self.customers[key]
-                    res.deleted += 1
             else:
                 self.customers[key] = entry
                 res.written += 1
