@@ -205,7 +205,7 @@ class Cluster:
     def _absorb_result(self, res: StepResult) -> None:
         self.changes += res.changes
         self.dead_letters += res.dead_letters
-        for name in ("applied", "duplicates", "written", "deleted"):
+        for name in ("applied", "duplicates", "written"):
             self.totals[name] += getattr(res, name)
         for key, partition, value in res.routed:
             assert partition == routing.partition_of(key, self.n)
