@@ -254,16 +254,10 @@ def load_predictions(rt: WorkerHost, snapshot: dict[str, Any]) -> bool:
 
 def prediction_readers(segmentations: Any) -> list[Any]:
     """The rule segmentations whose conditions read a prediction (p_alive, ...)."""
-    from ..core.segmentation.rules.compiled import subjects
-    from ..core.segmentation.rules.fields import NULLABLE_FEATURES
+    from ..core.segmentation.rules.segmentation import RuleSegmentation
 
-    out = []
-    for seg in segmentations:
-        segments = getattr(getattr(seg, "definition", None), "segments", ())
-        if any(kind == "feature" and name in NULLABLE_FEATURES
-               for segment in segments for kind, name in subjects(segment.when)):
-            out.append(seg)
-    return out
+    return [seg for seg in segmentations
+            if isinstance(seg, RuleSegmentation) and seg.reads_predictions]
 
 
 class Rescorer:

@@ -20,6 +20,7 @@ from ...state.customer import CustomerState
 from ..base import Decision
 from .compiled import compile_rules, subjects
 from .definitions import SegmentationDef, load_definitions
+from .fields import NULLABLE_FEATURES
 
 NO_MATCH = "no segment matches"
 REDEFINED = "definition changed"  # the reason's prefix when the definition moved a customer
@@ -43,6 +44,10 @@ class RuleSegmentation:
         # can only move when the traits do.
         self.traits_only = all(kind == "trait" for seg in definition.segments
                                for kind, _ in subjects(seg.when))
+        # Reads a prediction (p_alive, ...): new predictive parameters can move it.
+        self.reads_predictions = any(kind == "feature" and name in NULLABLE_FEATURES
+                                     for seg in definition.segments
+                                     for kind, name in subjects(seg.when))
 
     @property
     def version(self) -> int:
