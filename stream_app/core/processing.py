@@ -464,7 +464,11 @@ class _Batch:
         self.customers = customers
         self.wall_now = wall_now
         self.work: dict[str, Any] = {}
-        self.dirty: set[str] = set()  # entries whose working value differs from the table
+        # entries whose working value differs from the table, in the order first touched: a
+        # dict, not a set, so the writes and tombstones come out in the same order in every
+        # process (a set's order of strings moves with PYTHONHASHSEED: a replay after a
+        # restart would send the same records in another order)
+        self.dirty: dict[str, None] = {}
         self.merges: set[tuple[str, str]] = set()  # merge requests sent by this batch
         self.result = StepResult()
         clock = customers.get(clock_key(partition))
@@ -490,7 +494,7 @@ class _Batch:
 
     def _put(self, key: str, entry: Any) -> None:
         self.work[key] = entry
-        self.dirty.add(key)
+        self.dirty[key] = None
 
     def _owned(self, key: str) -> bool:
         return routing.partition_of(key, self.step.partitions) == self.partition
@@ -553,7 +557,7 @@ class _Batch:
                 # the record (a replay must not bring the customer back through it)
                 stamped[key] = entry.stamps.get(channel)
                 entry.stamps[channel] = pos
-                self.dirty.add(key)
+                self.dirty[key] = None
             target = entry.target
             cycle = path[path.index(target):] + [key] if target in path else (
                 [key] if target == key else None)
@@ -657,7 +661,7 @@ class _Batch:
                 state.stamps = entry.stamps
             self.work[key] = state
         state.stamps[channel] = pos
-        self.dirty.add(key)
+        self.dirty[key] = None
         cap = self.step.cfg.max_merged_ids
         for src in wanted:
             if len(state.merged_ids) >= cap:
@@ -743,7 +747,7 @@ class _Batch:
             # that once the link is erased a replay of this request is still known
             if _fresh(entry.stamps, channel, pos):
                 entry.stamps[channel] = pos
-                self.dirty.add(source)
+                self.dirty[source] = None
             return
         stamps = entry.stamps if entry is not None else {}
         if entry is not None and not _fresh(stamps, channel, pos):
@@ -839,7 +843,7 @@ class _Batch:
             # nothing to unlink (erased already, or linked elsewhere): the position is still
             # recorded, so that a replay of this request cannot unlink a link made after it
             entry.stamps[channel] = pos
-            self.dirty.add(key)
+            self.dirty[key] = None
 
     def finish(self) -> StepResult:
         """Write the working set back: one table write per touched entry."""
