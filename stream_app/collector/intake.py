@@ -1,8 +1,9 @@
 """One request of the Tracking API -> Kafka records, or the reasons it is refused. Pure.
 
-Every event is checked by the worker's own parser (:func:`~stream_app.core.events.parse.decode`)
-on the very bytes that go to Kafka, so what the collector accepts the worker accepts too,
-and what it refuses carries the worker's reason code.
+Every event gets the worker's check (:func:`~stream_app.core.events.parse.decode`) of the
+very bytes that go to Kafka - their size, then the event models (run on the completed event,
+which is what those bytes parse back to) - so what the collector accepts the worker accepts
+too, and what it refuses carries the worker's reason code.
 
 Before that each event is completed as Segment's API does it:
 
