@@ -214,10 +214,7 @@ class Step:
             # ever see customers on the days they act (in an order history: at recency 0)
             self.evaluate(state, now, wall_now, out, segmentations=self.timed,
                           samples=res.samples)
-            if out or state.segment_aux != stored.segment_aux:
-                customers[key] = state
-                res.written += 1
-                res.changes.extend(out)
+            _keep_if_moved(customers, key, stored, state, out, res)
         res.memberships = self.memberships(res.changes, customers.get)
         return res
 
@@ -244,10 +241,7 @@ class Step:
             out: list[Change] = []
             self.evaluate(state, max(state.last_seen, state.evaluated_at), wall_now, out,
                           segmentations=segmentations)
-            if out or state.segment_aux != stored.segment_aux:
-                customers[key] = state
-                res.written += 1
-                res.changes.extend(out)
+            _keep_if_moved(customers, key, stored, state, out, res)
         res.memberships = self.memberships(res.changes, customers.get)
         return res
 
@@ -435,6 +429,16 @@ SUB = 1024  # sub-indices per event of a record: [offset, event index * SUB + op
 # turns of its event loop: ~40 µs each, and batches wait meanwhile (chunks of 2000 held them
 # up for ~80 ms each, a p99 spike of 300 ms at 1,000 ev/s, segmenter bench --phases latency)
 TICK_CHUNK = 200
+
+
+def _keep_if_moved(customers: MutableMapping[str, Any], key: str, stored: CustomerState,
+                   state: CustomerState, out: list[Change], res: StepResult) -> None:
+    """Store ``state``, a re-evaluated copy of ``stored``, only when a segment or its
+    bookkeeping changed (a tick or a re-scoring that moves no one writes nothing)."""
+    if out or state.segment_aux != stored.segment_aux:
+        customers[key] = state
+        res.written += 1
+        res.changes.extend(out)
 
 
 def _fresh(stamps: dict[str, list[int]], channel: str, pos: list[int]) -> bool:

@@ -257,9 +257,8 @@ class OutputBatcher:
 
     def extend(self, records: Iterable[Sequence[Any]]) -> None:
         """``add`` each ``(topic, key, value, partition, headers)`` (pipeline outputs)."""
-        for topic, key, value, partition, headers in records:
-            self.records.setdefault((topic, partition), []).append((key, value, list(headers)))
-            self.count += 1
+        for record in records:
+            self.add(*record)
 
     def _by_partition(self, counts: dict[str, int]) -> dict[tuple[str, int], list[Any]]:
         out: dict[tuple[str, int], list[Any]] = {}
