@@ -53,7 +53,9 @@ def test_fit_scaling_leaves_out_features_nobody_uses() -> None:
 
 
 def test_the_scaling_stays_fixed_within_a_generation_and_moves_on_drift() -> None:
-    trainer = Trainer(TrainerSettings(clusters=3, snapshot_every=1000, snapshot_min=1))
+    # drift=1.0 (the default is 3.0) so that a tenfold change of one feature is a drift
+    trainer = Trainer(TrainerSettings(clusters=3, snapshot_every=1000, snapshot_min=1,
+                                      drift=1.0))
     snaps = []
     for i, f in enumerate(stream(6000)):
         trainer.learn(f)

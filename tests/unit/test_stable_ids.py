@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from stream_app.core.segmentation.clustering import Trainer, TrainerSettings
-from stream_app.core.segmentation.clustering.stable import id_order, match
+from stream_app.core.segmentation.clustering.stable import id_order, match, set_changes
 
 A, B, C = [0.0, 0.0], [5.0, 0.0], [0.0, 5.0]
 PREVIOUS = {"b1": A, "b2": B, "b3": C}
@@ -54,11 +54,27 @@ def test_assignment_is_global_not_greedy() -> None:
     assert m.ids == {0: "b2", 1: "b1"}
 
 
-def test_ids_are_never_reused() -> None:
+def test_ids_are_never_minted_twice() -> None:
     first = match(PREVIOUS, {0: A}, next_id=4, max_distance=1.0)
     assert set(first.retired) == {"b2", "b3"}
     again = match({"b1": A}, {0: A, 1: B}, next_id=first.next_id, max_distance=1.0)
-    assert again.ids == {0: "b1", 1: "b4"}  # B returns, under a new id
+    assert again.ids == {0: "b1", 1: "b4"}  # without its last centre, B gets a new id
+    assert again.returned == ()
+
+
+def test_a_group_that_returns_where_it_was_gets_its_id_back() -> None:
+    retired = {"b2": B, "b3": C}
+    back = match({"b1": A}, {0: A, 1: [5.3, 0.4], 2: [9.0, 9.0]}, next_id=4,
+                 max_distance=1.0, retired=retired)
+    assert back.ids == {0: "b1", 1: "b2", 2: "b4"}  # near B's last centre: b2; far: fresh
+    assert back.returned == ("b2",) and back.next_id == 5 and back.retired == ()
+    # a live segment always wins over a retired one, and a retired id goes to one centre
+    live = match({"b1": A}, {0: [0.2, 0.0], 1: [0.1, 0.3]}, next_id=4, max_distance=1.0,
+                 retired={"b9": [0.0, 0.1]})
+    assert live.ids == {0: "b1", 1: "b9"} and live.returned == ("b9",)
+    assert set_changes({"b1": A}, {"b1": A, "b2": B, "b4": [9.0, 9.0]}, max_distance=1.0,
+                       returned=back.returned) == [
+        {"change": "returned", "segment": "b2"}, {"change": "appeared", "segment": "b4"}]
 
 
 def test_everything_vanishing_retires_everything() -> None:
@@ -94,3 +110,49 @@ def test_trainer_keeps_ids_over_snapshots_of_a_steady_population() -> None:
     later = [[seg["id"] for seg in s["segments"]] for s in snapshots[2:]]
     assert all(ids == later[0] for ids in later) and len(later[0]) == 3
     assert all(not s["retired"] for s in snapshots[2:])
+
+
+def test_trainer_gives_a_returning_group_its_old_id_and_checkpoints_what_it_retired() -> None:
+    rng = np.random.default_rng(5)
+    groups = [(2.0, 0.0), (40.0, 0.0), (10.0, 8.0)]
+    trainer = Trainer(TrainerSettings(clusters=3, clusters_max=0, snapshot_every=500,
+                                      min_share=0.05))
+
+    def run(rounds: int, present: list[int]) -> list[dict]:
+        out = []
+        for _ in range(rounds):
+            for _ in range(500):
+                views, orders = groups[present[rng.integers(len(present))]]
+                trainer.learn(_feats(views * rng.uniform(0.8, 1.25), orders))
+            snapshot = trainer.maybe_snapshot(0.0)
+            if snapshot is not None:
+                out.append(snapshot)
+        return out
+
+    def ids_by_group(snapshot: dict) -> dict[int, str]:
+        out = {}
+        for g, (views, orders) in enumerate(groups):
+            nearest = min(snapshot["segments"],
+                          key=lambda seg: _dist(trainer, seg, _feats(views, orders)))
+            out[g] = nearest["id"]
+        return out
+
+    steady = run(6, [0, 1, 2])[-1]
+    before = ids_by_group(steady)
+    gone = run(6, [0, 2])  # group 1 stops: its segment retires
+    assert before[1] in {sid for s in gone for sid in s["retired"]}
+    assert before[1] in trainer.retired
+    restored = Trainer.from_json(trainer.to_json())
+    assert restored.retired == trainer.retired
+    trainer = restored
+    back = run(6, [0, 1, 2])
+    assert before[1] in [seg["id"] for seg in back[-1]["segments"]]
+    assert any({"change": "returned", "segment": before[1]} in s["set_changes"] for s in back)
+    assert ids_by_group(back[-1]) == before
+
+
+def _dist(trainer: Trainer, seg: dict, feats: dict) -> float:
+    from stream_app.core.segmentation.clustering.vectorize import vectorize
+    assert trainer.scaling is not None
+    z = trainer.scaling.scale(vectorize(feats))
+    return float(np.linalg.norm(z - np.array(seg["centre"])))

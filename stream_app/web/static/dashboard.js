@@ -286,10 +286,11 @@ async function poll() {
   }
 }
 
-// The behavioural model's set changes (appeared, split, merged, retired), from /segments:
+// The behavioural model's set changes (appeared, returned, split, merged, retired), from /segments:
 // what the model topic publishes as segment_set_change events.
 const SET_CHANGE_WORDS = {
   appeared: (c) => `${label(c.segment, c.name)} appeared`,
+  returned: (c) => `${label(c.segment, c.name)} returned`,
   split: (c) => `${label(c.segment, c.name)} split from ${c.from}`,
   merged: (c) => `${label(c.segment, c.name)} merged into ${c.into}`,
   retired: (c) => `${label(c.segment, c.name)} retired`,

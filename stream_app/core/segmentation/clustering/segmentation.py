@@ -35,7 +35,7 @@ from .trainer import FORMAT, SEGMENTATION
 from .vectorize import FEATURES, LOGGED, Scaling, original, vectorize_many
 
 WARMING_UP = "model warming up"
-SET_CHANGES_KEPT = 50  # the latest set changes (appeared/split/merged/retired) described
+SET_CHANGES_KEPT = 50  # the latest set changes (appeared/returned/split/merged/retired) described
 
 
 @dataclass(frozen=True, slots=True)

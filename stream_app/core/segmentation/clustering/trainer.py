@@ -31,7 +31,8 @@ Snapshot fields (``format`` 1)::
     created_at (the ``now`` given to maybe_snapshot), n_learned, features (names, in order),
     scaling {mean, std, active} (of the transformed features; active: features in use),
     generation (1, 2, ...), retired (ids dropped in this version),
-    set_changes: [{change: appeared | split | merged | retired, segment, from | into}],
+    set_changes: [{change: appeared | returned | split | merged | retired, segment,
+        from | into}],
     segments: [{id, name, centre (scaled, in features order), profile}]
     predictive: the BG/NBD and Gamma-Gamma fits in force ({bgnbd, gamma_gamma: Fit JSON with
         params, customers, log_likelihood, fitted_at; or null}, last_attempt, sample), or
@@ -60,6 +61,7 @@ from .stable import PREFIX, id_order, match, set_changes
 from .vectorize import FEATURES, RunningScaler, Scaling, fit_scaling, vectorize
 
 FORMAT = 1
+RETIRED_KEPT = 64  # retired segments remembered for their return (stable.match)
 SEGMENTATION = "behavior"
 
 
@@ -74,14 +76,21 @@ class TrainerSettings:
     snapshot_every: int = 1000  # publish after this many new samples ...
     snapshot_every_s: float = 3600.0  # ... or this long after the last snapshot ...
     snapshot_min: int = 50  # ... if at least this many samples arrived since
-    match_distance: float = 2.0  # scaled units: farther centres are different segments
+    # scaled units (the generation's standard deviations): farther centres are different
+    # segments; also how near a retired segment's last centre a new centre must be to take
+    # its id back. 3.0 chosen by bench/quality.py --horizon (2.0: up to 4 new ids a quarter
+    # on shop, where k-means merged and re-split groups; 3.0: at most 2)
+    match_distance: float = 3.0
     min_share: float = 0.02  # new clusters holding less of the recent sample are not segments
     sample_size: int = 1000  # recent samples kept for profiles and segment sizes
     # the k-means family: 0 < clusters_min <= clusters_max: k chosen from the data in this
     # range at each generation (models.choose_k); 0: `clusters` fixed
     clusters_min: int = 3
     clusters_max: int = 10
-    drift: float = 1.0  # a feature's mean moved by this many generation stds: new generation
+    # a feature's mean moved by this many generation stds: new generation. 3.0 chosen by the
+    # benchmarks: at 1.0 a young population (whose tenure and counts all grow) started 16
+    # generations in 60 days, and each one could re-choose k (60-day stability 96.7 %)
+    drift: float = 3.0
     drift_spread: float = 2.0  # ... or its spread by this factor
     predictions: bool = True  # fit BG/NBD and Gamma-Gamma too (SEGMENTER_PREDICTIONS)
 
@@ -106,6 +115,8 @@ class Trainer:
         self.version = 0
         self.next_id = 1
         self.last: dict[str, Any] | None = None  # the latest snapshot published
+        # retired id -> its last centre (unscaled), so a group that comes back gets it back
+        self.retired: dict[str, list[float]] = {}
         self._warmup: list[np.ndarray] = []
         self._sample: deque[tuple[np.ndarray, str | None, str | None]] = deque(
             maxlen=settings.sample_size)
@@ -222,21 +233,25 @@ class Trainer:
                                               minlength=len(raw_ids)) / len(sample),
                          strict=True))
         previous = self._previous_centres(scaling)
+        retired = {sid: scaling.scale(np.array(c)) for sid, c in self.retired.items()}
         candidates = {r: c for r, c in zip(raw_ids, centres, strict=True)
                       if share[r] >= s.min_share / 2}
-        matching = match(previous, candidates, self.next_id, max_distance=s.match_distance)
+        matching = match(previous, candidates, self.next_id, max_distance=s.match_distance,
+                         retired=retired)
         kept = {r: c for r, c in candidates.items()
                 if matching.ids[r] in previous or share[r] >= s.min_share}
         if not kept:
             return None
         if len(kept) < len(candidates):  # number fresh ids without the dropped clusters
-            matching = match(previous, kept, self.next_id, max_distance=s.match_distance)
+            matching = match(previous, kept, self.next_id, max_distance=s.match_distance,
+                             retired=retired)
         self.next_id = matching.next_id
+        self._remember_retired(matching)
         order = sorted(kept, key=lambda r: id_order(matching.ids[r]))
         ids = [matching.ids[r] for r in order]
         kept_centres = np.array([kept[r] for r in order])
         changes = set_changes(previous, dict(zip(ids, kept_centres, strict=True)),
-                              max_distance=s.match_distance)
+                              max_distance=s.match_distance, returned=matching.returned)
         described = profiles.build_profiles(
             ids, kept_centres, scaling, sample,
             [c for _, c, _ in self._sample], [c for _, _, c in self._sample])
@@ -262,6 +277,20 @@ class Trainer:
             "predictive": None if self.predictive is None else self.predictive.published(),
         }
         return self.last
+
+    def _remember_retired(self, matching: Any) -> None:
+        """Keep the last centre of each id this matching retired (the latest
+        ``RETIRED_KEPT``); forget those it brought back."""
+        for sid in matching.returned:
+            self.retired.pop(sid, None)
+        if matching.retired and self.last is not None:
+            before = Scaling.from_json(self.last["scaling"])
+            for seg in self.last["segments"]:
+                if seg["id"] in matching.retired:
+                    self.retired.pop(seg["id"], None)
+                    self.retired[seg["id"]] = before.unscale(np.array(seg["centre"])).tolist()
+        while len(self.retired) > RETIRED_KEPT:
+            self.retired.pop(next(iter(self.retired)))
 
     def _previous_centres(self, scaling: Scaling) -> dict[str, np.ndarray]:
         """The last snapshot's centres, moved into the current scaling for matching."""
@@ -289,6 +318,7 @@ class Trainer:
             "version": self.version,
             "next_id": self.next_id,
             "last": self.last,
+            "retired": self.retired,
             "generation": self.generation,
             "scaling": None if self.scaling is None else self.scaling.to_json(),
             "predictive": None if self.predictive is None else self.predictive.to_json(),
@@ -324,6 +354,7 @@ class Trainer:
         out.version = doc["version"]
         out.next_id = doc["next_id"]
         out.last = doc["last"]
+        out.retired = {str(k): [float(v) for v in c] for k, c in doc.get("retired", {}).items()}
         out.generation = int(doc.get("generation", 0))
         if out.predictive is not None:
             out.predictive.restore(doc.get("predictive"))
