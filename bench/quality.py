@@ -368,7 +368,7 @@ def print_report(r: Report, wall_s: float) -> None:
 
 HORIZON_HEAD = (f"{'population':<12}{'model':<13}{'segs':>5}{'ARI truth':>10}{'ARI batch':>10}"
                 f"{'ARI rfm':>8}{'vers':>5}{'ids q1':>7}{'ids/q max':>10}{'stable':>8}"
-                f"{'worst':>7}{'chg/c/d':>9}{'unseg':>6}{'run s':>6}")
+                f"{'worst':>7}{'<95%':>5}{'chg/c/d':>9}{'unseg':>6}{'run s':>6}  new ids by quarter")
 
 
 def horizon(customers: int = 600, days: float = 730.0, models: Sequence[str] = tuple(MODELS),
@@ -382,9 +382,10 @@ def horizon(customers: int = 600, days: float = 730.0, models: Sequence[str] = t
     monetary value), vers (model versions), ids q1 (segment ids minted in the first quarter
     of event time), ids/q max (the most minted in any later quarter; target <= 2), stable
     (mean share of segment holders whose nearest id is unchanged across consecutive versions,
-    features frozen; target >= 95 %), worst (the lowest such share), chg/c/d (segment moves
+    features frozen; target >= 95 %), worst (the lowest such share), <95% (how many version
+    transitions kept fewer than 95 %), chg/c/d (segment moves
     per customer per day held), unseg (customers with data left without a segment when the
-    first ready model was loaded).
+    first ready model was loaded), then the new ids in each quarter of event time.
     """
     from stream_app.evaluation import Evaluation, EvaluationSettings
     from stream_app.simulate_long import horizon_populations
@@ -410,14 +411,16 @@ def horizon(customers: int = 600, days: float = 730.0, models: Sequence[str] = t
                    "ids_later_max": max(quarters[1:], default=0), "ids_by_quarter": quarters,
                    "stable": sum(stable) / len(stable) if stable else float("nan"),
                    "stable_worst": min(stable, default=float("nan")),
+                   "below_95": sum(v < 0.95 for v in stable),
                    "changes_per_day": r.changes_per_customer_day, "unassigned": r.unassigned_after_first_ready,
                    "run_s": r.run_s, "events": r.events, "customers": r.customers}
             rows.append(row)
             print(f"{pop.name:<12}{model:<13}{row['segments']:>5}{_f(row['ari_truth']):>10}"
                   f"{_f(row['ari_batch']):>10}{_f(row['ari_rfm']):>8}{row['versions']:>5}"
                   f"{row['ids_q1']:>7}{row['ids_later_max']:>10}{row['stable']:>8.1%}"
-                  f"{row['stable_worst']:>7.1%}{_f(row['changes_per_day'], 4):>9}"
-                  f"{row['unassigned']:>6}{row['run_s']:>6.0f}", flush=True)
+                  f"{row['stable_worst']:>7.1%}{row['below_95']:>5}"
+                  f"{_f(row['changes_per_day'], 4):>9}{row['unassigned']:>6}{row['run_s']:>6.0f}"
+                  f"  {' '.join(map(str, quarters))}", flush=True)
     return rows
 
 
