@@ -76,8 +76,8 @@ SET_CHANGE_PREFIX = b"behavior-change:"
 
 def set_change_records(snapshot: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     """The model topic's set-change events of a snapshot: one record per segment that
-    appeared, returned, split, merged or retired, keyed ``behavior-change:<version>:<n>`` (distinct
-    keys, so compaction keeps every one beside the latest snapshot)."""
+    appeared, returned, split, merged or retired, keyed ``behavior-change:<version>:<n>``
+    (distinct keys, so compaction keeps every one beside the latest snapshot)."""
     names = {seg["id"]: seg["name"] for seg in snapshot.get("segments", ())}
     version = snapshot.get("version")
     out = []

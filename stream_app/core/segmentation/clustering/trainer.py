@@ -57,7 +57,7 @@ import orjson
 from ...predictive.training import PredictiveTrainer
 from . import profiles
 from .models import Clusterer, make_model, model_from_snapshot
-from .stable import PREFIX, id_order, match, set_changes
+from .stable import PREFIX, Matching, id_order, match, set_changes
 from .vectorize import FEATURES, RunningScaler, Scaling, fit_scaling, vectorize
 
 FORMAT = 1
@@ -232,7 +232,8 @@ class Trainer:
         share = dict(zip(raw_ids, np.bincount(profiles.assign(scaling.scale(sample), centres),
                                               minlength=len(raw_ids)) / len(sample),
                          strict=True))
-        previous = self._previous_centres(scaling)
+        last = self._last_centres()
+        previous = {sid: scaling.scale(c) for sid, c in last.items()}  # for matching
         retired = {sid: scaling.scale(np.array(c)) for sid, c in self.retired.items()}
         candidates = {r: c for r, c in zip(raw_ids, centres, strict=True)
                       if share[r] >= s.min_share / 2}
@@ -246,7 +247,7 @@ class Trainer:
             matching = match(previous, kept, self.next_id, max_distance=s.match_distance,
                              retired=retired)
         self.next_id = matching.next_id
-        self._remember_retired(matching)
+        self._remember_retired(matching, last)
         order = sorted(kept, key=lambda r: id_order(matching.ids[r]))
         ids = [matching.ids[r] for r in order]
         kept_centres = np.array([kept[r] for r in order])
@@ -278,26 +279,24 @@ class Trainer:
         }
         return self.last
 
-    def _remember_retired(self, matching: Any) -> None:
-        """Keep the last centre of each id this matching retired (the latest
-        ``RETIRED_KEPT``); forget those it brought back."""
+    def _remember_retired(self, matching: Matching, last: Mapping[str, np.ndarray]) -> None:
+        """Keep the last centre of each id this matching retired (``last``: the last
+        snapshot's centres in real units), the latest ``RETIRED_KEPT``; forget those it
+        brought back."""
         for sid in matching.returned:
             self.retired.pop(sid, None)
-        if matching.retired and self.last is not None:
-            before = Scaling.from_json(self.last["scaling"])
-            for seg in self.last["segments"]:
-                if seg["id"] in matching.retired:
-                    self.retired.pop(seg["id"], None)
-                    self.retired[seg["id"]] = before.unscale(np.array(seg["centre"])).tolist()
+        for sid in matching.retired:
+            self.retired.pop(sid, None)  # re-inserted last: the newest retired
+            self.retired[sid] = last[sid].tolist()
         while len(self.retired) > RETIRED_KEPT:
             self.retired.pop(next(iter(self.retired)))
 
-    def _previous_centres(self, scaling: Scaling) -> dict[str, np.ndarray]:
-        """The last snapshot's centres, moved into the current scaling for matching."""
+    def _last_centres(self) -> dict[str, np.ndarray]:
+        """The last snapshot's centres in real (unscaled) units."""
         if self.last is None:
             return {}
         before = Scaling.from_json(self.last["scaling"])
-        return {seg["id"]: scaling.scale(before.unscale(np.array(seg["centre"])))
+        return {seg["id"]: before.unscale(np.array(seg["centre"]))
                 for seg in self.last["segments"]}
 
     # --- checkpointing ------------------------------------------------------------------
