@@ -526,6 +526,26 @@ def test_merge_into_an_empty_state_takes_the_history() -> None:
 
 
 def test_merge_keeps_the_dedupe_window_bounded() -> None:
-    a = fold([rec(ix.PAGE_VIEW, T0 + i, f"a{i}") for i in range(30)])
-    b = fold([rec(ix.PAGE_VIEW, T0 + i, f"b{i}", cid="x", user=False) for i in range(30)])
-    assert len(merge(a, b).seen) == CFG.dedupe_window
+    a = fold([rec(ix.PAGE_VIEW, T0 + i, f"a{i}") for i in range(40)])
+    b = fold([rec(ix.PAGE_VIEW, T0 + i, f"b{i}", cid="x", user=False) for i in range(40)])
+    m = merge(a, b)
+    assert len(m.seen) == 2 * CFG.dedupe_window  # both windows, and no more
+    assert merge(m, fold([rec(ix.PAGE_VIEW, T0, "c", cid="y", user=False)])).seen[-1] \
+        == message_digest("c") and len(merge(m, b).seen) == 2 * CFG.dedupe_window
+    after = apply(m, rec(ix.PAGE_VIEW, T0 + 99, "new"))
+    assert len(after.seen) == 2 * CFG.dedupe_window  # one out for one in, never more
+
+
+def test_a_duplicate_is_one_whether_it_arrives_before_or_after_a_merge() -> None:
+    # Found by the kill -9 test (rocksdb-long): the user's latest message came twice; the
+    # restarted worker applied the merge with a long anonymous history between the two
+    # copies, the merged window kept only the anonymous ids, and the copy counted again.
+    user = fold([rec(ix.PAGE_VIEW, T0 + i, f"u{i}") for i in range(5)])
+    anon = fold([rec(ix.PAGE_VIEW, T0 + i, f"a{i}", cid="x", user=False) for i in range(40)])
+    copy_of_last = rec(ix.PAGE_VIEW, T0 + 4, "u4")
+    before = merge(apply(user, copy_of_last), anon)
+    after = apply(merge(user, anon), copy_of_last)
+    assert after == before and after.events == 45
+    # ... and for the absorbed side's messages too, after further events
+    later = apply(merge(user, anon), rec(ix.PAGE_VIEW, T0 + 50, "u-later"))
+    assert apply(later, rec(ix.PAGE_VIEW, T0 + 39, "a39", cid="x", user=False)) == later

@@ -9,7 +9,7 @@ before it (stamps, epoch, change_seq, evaluated_at; read with their defaults). T
 bulky fields are packed (each packing is checked to read back exactly, else the field is
 written as in v1):
 
-- ``seen`` (the dedupe window, up to 32 48-bit digests): one base64 string of 6 bytes each
+- ``seen`` (the dedupe window, 32 48-bit digests; up to twice that after a merge): one base64 string of 6 bytes each
   (~260 characters instead of ~500 as decimal numbers; base64 rather than the denser
   base85, which Python encodes in pure Python, ~20x slower);
 - ``recent_orders`` (``[[ts, amount], ...]``): one flat list ``[ts0_ms, amount0, dt1_ms,

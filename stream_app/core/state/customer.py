@@ -150,7 +150,9 @@ def apply_in_place(s: CustomerState, rec: Interaction, cfg: StateConfig) -> bool
         return False
     s.seen.append(digest)
     if len(s.seen) > cfg.dedupe_window:
-        del s.seen[: len(s.seen) - cfg.dedupe_window]
+        # One out for one in: a merged customer's window holds both sides' (merge), and must
+        # keep them as long as each side would have kept its own.
+        del s.seen[0]
     ts = rec.ts
     s.events += 1
     if rec.user_id is not None and s.anonymous:
@@ -327,10 +329,14 @@ def merge(into: CustomerState, other: CustomerState, cfg: StateConfig = StateCon
         _bump(out.categories, key, value, MAX_CATEGORIES)
     for key, value in other.traits.items():
         out.traits.setdefault(key, value)
+    # Both windows, whole (up to twice dedupe_window): a duplicate of either side's recent
+    # messages is one whether it arrives before the merge or after it. Cutting the union to
+    # one window dropped the survivor's own latest ids behind the absorbed ones, so a
+    # duplicate replayed after the merge (a restart between the two) was applied again.
     for digest in other.seen:
         if digest not in out.seen:
             out.seen.append(digest)
-    del out.seen[: max(0, len(out.seen) - cfg.dedupe_window)]
+    del out.seen[: max(0, len(out.seen) - 2 * cfg.dedupe_window)]
     _remember(out, other.customer_id)
     for key in other.merged_ids:
         _remember(out, key)
