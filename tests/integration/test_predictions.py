@@ -108,7 +108,10 @@ def test_predictions_fitted_in_the_stream_move_and_drive_retention(broker, worke
     producer.flush()
     back = wait_for(lambda: (m := w.get("/customers/mover").json())["events"] == 30 and m,
                     what="the mover's new order")
-    assert back["predictions"]["p_alive"] > 0.9
+    # Just after an order BG/NBD's P(alive) is 1 / (1 + a / (b + x - 1)): it depends only on
+    # the fit's a and b, and an in-stream fit depends on what the trainer had sampled when it
+    # ran (0.897 in one CI run, above 0.9 in others): "back" means far above "gone".
+    assert back["predictions"]["p_alive"] > 0.8 > 4 * gone["predictions"]["p_alive"]
     assert back["segments"]["retention"]["segment"] != "probably_gone"
 
     # the segment changes, as a consumer of the topic sees them
