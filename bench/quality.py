@@ -367,8 +367,9 @@ def print_report(r: Report, wall_s: float) -> None:
 
 
 HORIZON_HEAD = (f"{'population':<12}{'model':<13}{'segs':>5}{'ARI truth':>10}{'ARI batch':>10}"
-                f"{'ARI rfm':>8}{'vers':>5}{'ids q1':>7}{'ids/q max':>10}{'stable':>8}"
-                f"{'worst':>7}{'<95%':>5}{'chg/c/d':>9}{'unseg':>6}{'run s':>6}  new ids by quarter")
+                f"{'ARI rfm':>8}{'vers':>5}{'ids q1':>7}{'ids/q max':>10}{'served':>8}"
+                f"{'worst':>7}{'<95%':>5}{'raw':>8}{'worst':>7}{'<95%':>5}{'chg/c/d':>9}"
+                f"{'unseg':>6}{'run s':>6}  new ids by quarter")
 
 
 def horizon(customers: int = 600, days: float = 730.0, models: Sequence[str] = tuple(MODELS),
@@ -380,10 +381,12 @@ def horizon(customers: int = 600, days: float = 730.0, models: Sequence[str] = t
     Columns: ARI truth (customers with 60 days of history), ARI batch (batch k-means on the
     same vectors and scaling, same k), ARI rfm (batch k-means on recency, frequency and
     monetary value), vers (model versions), ids q1 (segment ids minted in the first quarter
-    of event time), ids/q max (the most minted in any later quarter; target <= 2), stable
-    (mean share of segment holders whose nearest id is unchanged across consecutive versions,
-    features frozen; target >= 95 %), worst (the lowest such share), <95% (how many version
-    transitions kept fewer than 95 %), chg/c/d (segment moves
+    of event time), ids/q max (the most minted in any later quarter; target <= 2), served
+    (mean share of segment holders who keep their segment across consecutive versions,
+    features frozen, through the workers' hysteresis evaluated until a move is confirmed:
+    what customers hold; target >= 95 %), worst (the lowest such share), <95% (how many
+    version transitions kept fewer than 95 %), raw / worst / <95% (the same for the nearest
+    id alone, without the hysteresis), chg/c/d (segment moves
     per customer per day held), unseg (customers with data left without a segment when the
     first ready model was loaded), then the new ids in each quarter of event time.
     """
@@ -404,7 +407,7 @@ def horizon(customers: int = 600, days: float = 730.0, models: Sequence[str] = t
             ev.feed(pop)
             r = ev.finish()
             quarters = r.new_ids_per_quarter()
-            stable = r.stability()
+            stable, served = r.stability(), r.served_stability()
             row = {"population": pop.name, "model": model, "segments": len(set(r.members.values())),
                    "ari_truth": r.ari_truth, "ari_batch": r.ari_batch, "ari_rfm": r.ari_rfm,
                    "versions": len(r.versions), "ids_q1": quarters[0],
@@ -412,12 +415,16 @@ def horizon(customers: int = 600, days: float = 730.0, models: Sequence[str] = t
                    "stable": sum(stable) / len(stable) if stable else float("nan"),
                    "stable_worst": min(stable, default=float("nan")),
                    "below_95": sum(v < 0.95 for v in stable),
+                   "served": sum(served) / len(served) if served else float("nan"),
+                   "served_worst": min(served, default=float("nan")),
+                   "served_below_95": sum(v < 0.95 for v in served),
                    "changes_per_day": r.changes_per_customer_day, "unassigned": r.unassigned_after_first_ready,
                    "run_s": r.run_s, "events": r.events, "customers": r.customers}
             rows.append(row)
             print(f"{pop.name:<12}{model:<13}{row['segments']:>5}{_f(row['ari_truth']):>10}"
                   f"{_f(row['ari_batch']):>10}{_f(row['ari_rfm']):>8}{row['versions']:>5}"
-                  f"{row['ids_q1']:>7}{row['ids_later_max']:>10}{row['stable']:>8.1%}"
+                  f"{row['ids_q1']:>7}{row['ids_later_max']:>10}{row['served']:>8.1%}"
+                  f"{row['served_worst']:>7.1%}{row['served_below_95']:>5}{row['stable']:>8.1%}"
                   f"{row['stable_worst']:>7.1%}{row['below_95']:>5}"
                   f"{_f(row['changes_per_day'], 4):>9}{row['unassigned']:>6}{row['run_s']:>6.0f}"
                   f"  {' '.join(map(str, quarters))}", flush=True)

@@ -10,9 +10,12 @@ count (a replay outruns its hourly cadence), so a run is deterministic.
 
 What it measures (:class:`Result`):
 
-* **versions**: per model version, its event time, the ids it minted, and *stability*: of
-  the customers holding a segment, the share whose nearest segment id is the same under the
-  new version as under the previous one, features frozen (so only the model moved).
+* **versions**: per model version, its event time, the ids it minted, and *stability*, of
+  the customers holding a segment, features frozen (so only the model moved): *raw*, the
+  share whose nearest segment id is the same under the new version as under the previous
+  one; *served*, the share that still hold the segment they held, through the hysteresis
+  every worker applies, evaluated ``confirmations`` times (so a confirmation only delays a
+  move, it cannot hide one). Served is what customers and audiences see.
 * **id churn**: new segment ids per quarter of event time (from the first event).
 * **changes per customer per day**: segment moves (not first assignments) over the days each
   customer held a segment, events, ticks and re-scoring included.
@@ -76,8 +79,9 @@ class Version:
     at: float  # event time it was loaded
     ids: tuple[str, ...]
     new: tuple[str, ...]
-    stable: float | None  # None: no customer held a segment yet
+    stable: float | None  # raw (nearest id); None: no customer held a segment yet
     set_changes: tuple[dict[str, Any], ...] = ()
+    stable_served: float | None = None  # through the hysteresis; None as ``stable``
 
 
 @dataclass
@@ -111,7 +115,12 @@ class Result:
         return out
 
     def stability(self) -> list[float]:
+        """Raw stability per version transition (nearest id, features frozen)."""
         return [v.stable for v in self.versions if v.stable is not None]
+
+    def served_stability(self) -> list[float]:
+        """Served stability per version transition (segment held, through the hysteresis)."""
+        return [v.stable_served for v in self.versions if v.stable_served is not None]
 
 
 class Evaluation:
@@ -230,14 +239,15 @@ class Evaluation:
         before = self.seg.score_many(frozen) if holders and self.seg.ready else None
         self.seg.load(snapshot)
         after = self.seg.score_many(frozen) if before is not None else None
-        stable = None
+        stable = served = None
         if before is not None and after is not None:
             same = sum(a == b for a, b in zip(before.nearest(), after.nearest(), strict=True))
             stable = same / len(holders)
+            served = self._served_kept([st for _, st in holders], frozen, now)
         ids = tuple(seg["id"] for seg in snapshot["segments"])
         self.versions.append(Version(int(snapshot["version"]), now, ids,
                                      tuple(i for i in ids if i not in seen), stable,
-                                     tuple(snapshot.get("set_changes", ()))))
+                                     tuple(snapshot.get("set_changes", ())), served))
         if self.s.rescore and self.seg.ready:
             self._absorb(self.step.rescore(self.customers, list(self.customers), [self.seg],
                                            self.wall), now)
@@ -245,6 +255,20 @@ class Evaluation:
             self.first_ready_at = now
             self.unassigned_at_ready = sum(1 for _, st in self._states()
                                            if self.seg.name not in st.segments)
+
+    def _served_kept(self, holders: list[CustomerState], frozen: list[dict[str, Any]],
+                     now: float) -> float:
+        """Share of ``holders`` that keep their segment under the model just loaded, features
+        frozen, after as many evaluations as the hysteresis needs to confirm a move (the
+        states are read, not changed: the re-scoring that follows applies the decisions)."""
+        name = self.seg.name
+        auxes = [st.segment_aux.get(name) for st in holders]
+        decisions = []
+        for _ in range(self.seg.hysteresis.confirmations):
+            decisions = self.seg.evaluate_many(holders, frozen, now, auxes)
+            auxes = [d.aux for d in decisions]
+        kept = sum(d.segment == st.segments[name] for d, st in zip(decisions, holders, strict=True))
+        return kept / len(holders)
 
     def _states(self) -> list[tuple[str, CustomerState]]:
         return [(k, v) for k, v in self.customers.items() if type(v) is CustomerState]

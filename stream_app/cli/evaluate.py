@@ -78,7 +78,7 @@ def _day(ts: float) -> str:
 
 def summary(r: Any, dead_letters: int, model: str) -> dict[str, Any]:
     """The figures of an evaluation as a JSON-safe document."""
-    stable = r.stability()
+    stable, served = r.stability(), r.served_stability()
     quarters = r.new_ids_per_quarter()
     return {
         "events": r.events, "customers": r.customers, "dead_letters": dead_letters,
@@ -90,14 +90,19 @@ def summary(r: Any, dead_letters: int, model: str) -> dict[str, Any]:
         "assigned": len(r.members),
         "ari_batch_kmeans": _round(r.ari_batch), "ari_rfm_kmeans": _round(r.ari_rfm),
         "new_ids_per_quarter": quarters,
-        "stability": {"mean": _round(sum(stable) / len(stable)) if stable else None,
-                      "worst": _round(min(stable)) if stable else None,
-                      "versions_below_95": sum(1 for s in stable if s < 0.95),
-                      "versions_measured": len(stable)},
+        "stability": _stability(stable),
+        "stability_served": _stability(served),
         "changes_per_customer_day": _round(r.changes_per_customer_day, 4),
         "first_ready_model": _day(r.first_ready_at) if r.first_ready_at else None,
         "unassigned_after_first_ready_model": r.unassigned_after_first_ready,
     }
+
+
+def _stability(shares: list[float]) -> dict[str, Any]:
+    return {"mean": _round(sum(shares) / len(shares)) if shares else None,
+            "worst": _round(min(shares)) if shares else None,
+            "versions_below_95": sum(1 for s in shares if s < 0.95),
+            "versions_measured": len(shares)}
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -122,12 +127,15 @@ def print_summary(doc: dict[str, Any], out: Console) -> None:
                       f"{t['avg_order_value']:.2f}", "never" if last is None else f"{last:.0f}",
                       f"{t['product_views_per_month']:.1f}", f"{t['email_opens_per_month']:.1f}")
     out.print(table)
-    st = doc["stability"]
+    st, sv = doc["stability"], doc["stability_served"]
     rows = [
         ("ARI vs batch k-means, same features and k", _fmt(doc["ari_batch_kmeans"])),
         ("ARI vs batch k-means on RFM, same k", _fmt(doc["ari_rfm_kmeans"])),
         ("new segment ids per quarter", " ".join(str(n) for n in doc["new_ids_per_quarter"])),
-        ("kept across consecutive versions (mean / worst)",
+        ("kept across versions, served (mean / worst)",
+         f"{_pct(sv['mean'])} / {_pct(sv['worst'])}, {sv['versions_below_95']} of "
+         f"{sv['versions_measured']} versions below 95 %"),
+        ("nearest id kept, raw (mean / worst)",
          f"{_pct(st['mean'])} / {_pct(st['worst'])}, {st['versions_below_95']} of "
          f"{st['versions_measured']} versions below 95 %"),
         ("segment changes per customer per day", _fmt(doc["changes_per_customer_day"], 4)),

@@ -56,6 +56,9 @@ def test_evaluate_a_csv_of_orders(tmp_path: Path) -> None:
     assert 0.3 < doc["ari_batch_kmeans"] <= 1.0 and -1.0 <= doc["ari_rfm_kmeans"] <= 1.0
     assert len(doc["new_ids_per_quarter"]) == 3
     assert doc["stability"]["versions_measured"] >= 2
+    served = doc["stability_served"]  # the same transitions, through the hysteresis
+    assert served["versions_measured"] == doc["stability"]["versions_measured"]
+    assert 0.0 <= served["worst"] <= served["mean"] <= 1.0
     assert 0.0 <= doc["changes_per_customer_day"] < 0.5
     assert doc["unassigned_after_first_ready_model"] == 0
     assert doc["first_event"] < doc["last_event"]
@@ -78,7 +81,8 @@ def test_evaluate_json_lines_and_the_readable_report(tmp_path: Path) -> None:
     text = runner.invoke(cli, ["evaluate", str(path)])
     assert text.exit_code == 0, text.output
     for words in ("Behavioural segments", "ARI vs batch k-means", "new segment ids per quarter",
-                  "kept across consecutive versions", "segment changes per customer per day"):
+                  "kept across versions, served", "nearest id kept, raw",
+                  "segment changes per customer per day"):
         assert words in text.stdout
 
 
