@@ -452,20 +452,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--margin", type=float, default=Hysteresis().margin)
     ap.add_argument("--confirmations", type=int, default=Hysteresis().confirmations)
     ap.add_argument("--snapshot-every", type=int, default=TrainerSettings().snapshot_every)
-    ap.add_argument("--clusters-keep", type=float, default=TrainerSettings().clusters_keep,
-                    help="SEGMENTER_CLUSTERS_KEEP: share a new k must keep once settled (0: off)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     if args.horizon:
         horizon(args.customers or 600, args.days or 730.0, args.model, args.seed,
-                args.population, rescore=not args.no_rescore,
-                settings=TrainerSettings(clusters_keep=args.clusters_keep))
+                args.population, rescore=not args.no_rescore)
         print(f"run {time.perf_counter() - started:.0f} s")
         return
     report = evaluate(args.customers or 1000, args.days or 60.0, args.model, args.clusters, args.seed,
                       args.shift_share, hysteresis=Hysteresis(args.margin, args.confirmations),
-                      settings=TrainerSettings(snapshot_every=args.snapshot_every,
-                                               clusters_keep=args.clusters_keep))
+                      settings=TrainerSettings(snapshot_every=args.snapshot_every))
     print_report(report, time.perf_counter() - started)
 
 

@@ -131,14 +131,6 @@ class Settings(BaseSettings):
     clusters_max: int = Field(
         10, ge=0, le=64, description="k-means: the most clusters the data may choose, by "
         "silhouette at each model generation (0: SEGMENTER_CLUSTERS, fixed)")
-    clusters_keep: float = Field(
-        0.0, ge=0.0, lt=1.0, description="k-means with SEGMENTER_CLUSTERS_MAX: once the "
-        "customers are settled (SEGMENTER_CLUSTERS_SETTLE_DAYS), another k is adopted only if "
-        "it keeps this share of the model's window in their segments (0.95: no version "
-        "re-clusters wholesale; 0: off, k re-chosen freely)")
-    clusters_settle_days: PositiveFloat = Field(
-        60.0, le=3650.0, description="with SEGMENTER_CLUSTERS_KEEP: the history the median "
-        "recent customer needs before k is held to it")
     model_snapshot_every: PositiveInt = Field(
         1000, description="Publish a new clustering model after this many training samples")
     model_snapshot_every_s: PositiveFloat = Field(

@@ -68,8 +68,6 @@ def trainer_settings(settings: Any) -> TrainerSettings:
     return TrainerSettings(algorithm=settings.cluster_model.value, clusters=settings.clusters,
                            clusters_min=settings.clusters_min,
                            clusters_max=settings.clusters_max,
-                           clusters_keep=settings.clusters_keep,
-                           clusters_settle_days=settings.clusters_settle_days,
                            snapshot_every=settings.model_snapshot_every,
                            snapshot_every_s=settings.model_snapshot_every_s,
                            predictions=settings.predictions)

@@ -32,14 +32,12 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from river import cluster
 from river.cluster.denstream import DenStreamMicroCluster
-from scipy.optimize import linear_sum_assignment
 
 from .vectorize import FEATURES
 
 FORMAT = 1
 K_SWITCH = 0.04  # silhouette gain another k needs over the current centres (_recheck_k)
 K_CHECK_EVERY = 5  # k is re-checked every this many refit checks, and at each generation
-KEPT_GAIN = 0.01  # silhouette gain a change of k needs under `keep` (_recheck_kept)
 
 
 class Clusterer(Protocol):
@@ -135,32 +133,22 @@ class KMeansModel(_RiverModel):
     def __init__(self, features: Sequence[str] = FEATURES, *, clusters: int = 7,
                  halflife: float = 0.005, window: int = 1000, check_every: int = 2000,
                  restarts: int = 5, min_gain: float = 0.2, seed: int = 0, k_min: int = 0,
-                 k_max: int = 0, settle: bool = False, keep: float = 0.0) -> None:
+                 k_max: int = 0, settle: bool = False) -> None:
         if window < max(clusters, k_max):
             raise ValueError("window must hold at least `clusters` (and `k_max`) points")
         if k_max and not 2 <= k_min <= k_max:
             raise ValueError("need 2 <= k_min <= k_max to choose k")
-        if not 0.0 <= keep < 1.0:
-            raise ValueError("keep must be in [0, 1)")
         super().__init__(features, {
             "clusters": clusters, "halflife": halflife, "window": window,
             "check_every": check_every, "restarts": restarts, "min_gain": min_gain,
             "seed": seed, **({"k_min": k_min, "k_max": k_max} if k_max else {}),
-            **({"settle": True} if settle else {}), **({"keep": keep} if keep else {})})
+            **({"settle": True} if settle else {})})
         self._river = cluster.KMeans(n_clusters=clusters, halflife=halflife, seed=seed)
         _materialise(self._river, len(self.features))
         self._window: deque[list[float]] = deque(maxlen=window)
         self._wins = [0] * clusters
         self._n = 0
         self._checks = 0
-        self._settled = False  # see settle()
-
-    def settle(self, settled: bool) -> None:
-        """Tell the model whether its customers have enough history for their structure to
-        hold (the trainer decides: ``TrainerSettings.clusters_settle_days``). With ``keep``
-        set, a settled model changes k only in ways that keep that share of the window in
-        their clusters (:meth:`_recheck_kept`)."""
-        self._settled = bool(settled)
 
     def learn_one(self, x: Mapping[str, float]) -> None:
         keyed = self._keyed(x)
@@ -202,9 +190,9 @@ class KMeansModel(_RiverModel):
         self._checks += 1
         return best_kmeans(np.array(self._window), len(self._wins), self.params["restarts"], rng)
 
-    def _resize(self, k: int, force: bool = False) -> None:
+    def _resize(self, k: int) -> None:
         """A River KMeans of ``k`` centres (its size is fixed when it is made)."""
-        if k == len(self._wins) and not force:
+        if k == len(self._wins):
             return
         p = self.params
         self._river = cluster.KMeans(n_clusters=k, halflife=p["halflife"], seed=p["seed"])
@@ -218,11 +206,8 @@ class KMeansModel(_RiverModel):
 
     def _recheck_k(self, points: np.ndarray) -> bool:
         """Adopt another k when its silhouette on ``points`` beats the current centres' (as
-        they would settle there) by ``K_SWITCH``; True when adopted. A settled model with
-        ``keep`` set goes through :meth:`_recheck_kept` instead."""
+        they would settle there) by ``K_SWITCH``; True when adopted."""
         p = self.params
-        if self._settled and p.get("keep"):
-            return self._recheck_kept(points)
         centres = self._all_centres()
         current = silhouette(points, _nearest(points, lloyd(points, centres)))
         rng = np.random.default_rng([p["seed"], self._checks])
@@ -232,50 +217,6 @@ class KMeansModel(_RiverModel):
             return False
         self._resize(k)
         self._adopt((fitted, inertia), points)
-        return True
-
-    def _recheck_kept(self, points: np.ndarray) -> bool:
-        """Another k only if it keeps ``keep`` of ``points`` together: among batch k-means
-        of every other k in range, the current centres with one of them split in two (a
-        2-means of its members) and the current centres less one, each settled by Lloyd,
-        the one with the highest silhouette among those whose clusters keep at least
-        ``keep`` of the points (:func:`kept_share`), if it beats the current centres by
-        ``KEPT_GAIN``. A wholesale re-clustering is out by construction: k can grow when a
-        group appears (while it is small) and shrink when one fades, and no version moves
-        more than ``1 - keep`` of the window."""
-        p = self.params
-        held = [i for i, w in enumerate(self._wins) if w]
-        current = lloyd(points, self._all_centres()[held])
-        rng = np.random.default_rng([p["seed"], self._checks])
-        self._checks += 1
-        dist = _distances(points)
-        labels = _nearest(points, current)
-        k0 = len(current)
-        candidates = [best_kmeans(points, k, p["restarts"], rng)[0]
-                      for k in range(p["k_min"], min(p["k_max"], len(points) - 1) + 1)
-                      if k != k0]
-        if k0 < p["k_max"]:
-            for j in range(k0):
-                members = points[labels == j]
-                if len(members) >= 4:
-                    halves, _ = best_kmeans(members, 2, p["restarts"], rng)
-                    candidates.append(lloyd(points, np.vstack([np.delete(current, j, axis=0),
-                                                               halves])))
-        if k0 > p["k_min"]:
-            candidates.extend(lloyd(points, np.delete(current, j, axis=0)) for j in range(k0))
-        best: tuple[float, np.ndarray] | None = None
-        floor = silhouette(points, labels, dist) + KEPT_GAIN
-        for centres in candidates:
-            moved = _nearest(points, centres)
-            if kept_share(labels, moved) < p["keep"]:
-                continue
-            score = silhouette(points, moved, dist)
-            if score > floor and (best is None or score > best[0]):
-                best = (score, centres)
-        if best is None:
-            return False
-        self._resize(len(best[1]), force=True)
-        self._adopt((best[1], _inertia(points, best[1])), points)
         return True
 
     def regenerate(self, transform: Callable[[np.ndarray], np.ndarray]) -> None:
@@ -313,7 +254,7 @@ class KMeansModel(_RiverModel):
     def _state(self) -> dict[str, Any]:
         return {"centres": self._all_centres().tolist(), "wins": list(self._wins),
                 "window": [list(p) for p in self._window], "n": self._n,
-                "checks": self._checks, **({"settled": True} if self._settled else {})}
+                "checks": self._checks}
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         self._resize(len(state["centres"]))
@@ -322,7 +263,6 @@ class KMeansModel(_RiverModel):
         self._window.extend([float(v) for v in p] for p in state["window"])
         self._n = int(state["n"])
         self._checks = int(state["checks"])
-        self._settled = bool(state.get("settled", False))
 
 
 def best_kmeans(points: np.ndarray, k: int, restarts: int, rng: np.random.Generator,
@@ -354,16 +294,15 @@ def lloyd(points: np.ndarray, centres: np.ndarray, max_iter: int = 100) -> np.nd
     return centres
 
 
-def silhouette(points: np.ndarray, labels: np.ndarray, dist: np.ndarray | None = None
-               ) -> float:
+def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
     """Mean silhouette (Rousseeuw 1987) of a labelling: per point ``(b - a) / max(a, b)``,
     ``a`` its mean distance to its own cluster, ``b`` to the nearest other; 0 for a point
-    alone in its cluster. Exact, O(n^2) memory: meant for the trainer's window (``dist``:
-    the points' distance matrix, when already at hand)."""
+    alone in its cluster. Exact, O(n^2) memory: meant for the trainer's window."""
     ks, inv = np.unique(labels, return_inverse=True)
     if len(ks) < 2:
         return 0.0
-    d = _distances(points) if dist is None else dist
+    sq = (points * points).sum(axis=1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * points @ points.T, 0.0))
     onehot = np.zeros((len(points), len(ks)))
     onehot[np.arange(len(points)), inv] = 1.0
     counts = onehot.sum(axis=0)
@@ -393,21 +332,6 @@ def choose_k(points: np.ndarray, k_min: int, k_max: int, restarts: int,
         raise ValueError("k_min must not exceed k_max")
     _, k, centres, inertia = max(fits, key=lambda f: (f[0], -f[1]))
     return k, centres, inertia
-
-
-def kept_share(before: np.ndarray, after: np.ndarray) -> float:
-    """Share of points that stay together from one labelling to another: the clusters
-    matched one to one to maximise the points they share (Hungarian), as the stable ids
-    would ideally carry them."""
-    shared = np.zeros((int(before.max()) + 1, int(after.max()) + 1))
-    np.add.at(shared, (before, after), 1.0)
-    rows, cols = linear_sum_assignment(-shared)
-    return float(shared[rows, cols].sum() / len(before))
-
-
-def _distances(points: np.ndarray) -> np.ndarray:
-    sq = (points * points).sum(axis=1)
-    return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * points @ points.T, 0.0))
 
 
 def _kmeans_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -62,8 +62,6 @@ from .vectorize import FEATURES, RunningScaler, Scaling, fit_scaling, vectorize
 
 FORMAT = 1
 RETIRED_KEPT = 64  # retired segments remembered for their return (stable.match)
-SETTLE_CHECK_EVERY = 500  # samples between checks of the sample's median tenure (_settle)
-TENURE = FEATURES.index("tenure_days")
 SEGMENTATION = "behavior"
 
 
@@ -95,11 +93,6 @@ class TrainerSettings:
     drift: float = 3.0
     drift_spread: float = 2.0  # ... or its spread by this factor
     predictions: bool = True  # fit BG/NBD and Gamma-Gamma too (SEGMENTER_PREDICTIONS)
-    # the k-means family with clusters_max: once the median customer of the recent sample
-    # has clusters_settle_days of history, another k is adopted only if it keeps this share
-    # of the model's window in their clusters (models.KMeansModel._recheck_kept); 0: off
-    clusters_keep: float = 0.0
-    clusters_settle_days: float = 60.0
 
 
 def learn_due(last_sampled_at: float | None, now: float, every_s: float = 86400.0) -> bool:
@@ -156,19 +149,7 @@ class Trainer:
             self._warmup = []
             self.new_generation()
             return
-        if self.settings.clusters_keep and self.n_learned % SETTLE_CHECK_EVERY == 0:
-            self._settle()
         self._learn_scaled(self.scaling.scale(x))
-
-    def _settle(self) -> None:
-        """Whether the recent sample's median customer has ``clusters_settle_days`` of
-        history, passed to a model that takes it (``settle``): before that a young
-        population's structure is still forming and k may be re-chosen freely."""
-        settle = getattr(self.model, "settle", None)
-        if settle is None or not self._sample:
-            return
-        tenure = np.median([x[TENURE] for x, _, _ in self._sample])  # log1p days, as vectorised
-        settle(bool(tenure >= np.log1p(self.settings.clusters_settle_days)))
 
     # --- generations ----------------------------------------------------------------------
     def _fresh_model(self) -> Clusterer:
@@ -177,8 +158,6 @@ class Trainer:
         if s.clusters_max and s.algorithm == "kmeans":
             params.setdefault("k_min", s.clusters_min)
             params.setdefault("k_max", s.clusters_max)
-            if s.clusters_keep:
-                params.setdefault("keep", s.clusters_keep)
         return make_model(s.algorithm, FEATURES, clusters=s.clusters, seed=s.seed, **params)
 
     def new_generation(self) -> None:
