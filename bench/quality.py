@@ -61,6 +61,7 @@ from stream_app.core.segmentation.clustering.models import MODELS  # noqa: E402
 from stream_app.core.segmentation.clustering.vectorize import Scaling, vectorize_many  # noqa: E402
 from stream_app.core.state.customer import CustomerState, StateConfig, apply_in_place, new_state  # noqa: E402
 from stream_app.core.state.features import features  # noqa: E402
+from stream_app.evaluation import kept_through_hysteresis  # noqa: E402
 from stream_app.simulate import DAY, population, shifts_for, simulate  # noqa: E402
 
 NAME = BehaviorSegmentation.name
@@ -151,11 +152,7 @@ class Pipeline:
         sts = [states[c] for c in cids]
         for st in sts:
             _set_member(st, self.member[st.customer_id])
-        auxes = [self.aux.get(c) for c in cids]
-        for _ in range(self.seg.hysteresis.confirmations):
-            decisions = self.seg.evaluate_many(sts, feats, 0.0, auxes)
-            auxes = [d.aux for d in decisions]
-        kept = sum(d.segment == self.member[c] for c, d in zip(cids, decisions, strict=True))
+        kept = kept_through_hysteresis(self.seg, sts, feats, [self.aux.get(c) for c in cids])
         self.stable_served[0] += kept
         self.stable_served[1] += len(cids)
 

@@ -258,17 +258,10 @@ class Evaluation:
 
     def _served_kept(self, holders: list[CustomerState], frozen: list[dict[str, Any]],
                      now: float) -> float:
-        """Share of ``holders`` that keep their segment under the model just loaded, features
-        frozen, after as many evaluations as the hysteresis needs to confirm a move (the
-        states are read, not changed: the re-scoring that follows applies the decisions)."""
-        name = self.seg.name
-        auxes = [st.segment_aux.get(name) for st in holders]
-        decisions = []
-        for _ in range(self.seg.hysteresis.confirmations):
-            decisions = self.seg.evaluate_many(holders, frozen, now, auxes)
-            auxes = [d.aux for d in decisions]
-        kept = sum(d.segment == st.segments[name] for d, st in zip(decisions, holders, strict=True))
-        return kept / len(holders)
+        """Share of ``holders`` that keep their segment under the model just loaded (see
+        :func:`kept_through_hysteresis`; the re-scoring that follows applies the moves)."""
+        auxes = [st.segment_aux.get(self.seg.name) for st in holders]
+        return kept_through_hysteresis(self.seg, holders, frozen, auxes, now) / len(holders)
 
     def _states(self) -> list[tuple[str, CustomerState]]:
         return [(k, v) for k, v in self.customers.items() if type(v) is CustomerState]
@@ -312,6 +305,20 @@ class Evaluation:
                       time.perf_counter() - self._started, self.versions, self.changes,
                       exposure, members, segments, ari_batch, ari_rfm, ari_truth,
                       self.first_ready_at, self.unassigned_at_ready)
+
+
+def kept_through_hysteresis(seg: BehaviorSegmentation, states: list[CustomerState],
+                            feats: list[dict[str, Any]], auxes: list[Any], now: float = 0.0
+                            ) -> int:
+    """How many of ``states`` keep the segment they hold under ``seg``'s model, features
+    ``feats`` frozen, after as many evaluations as the hysteresis needs to confirm a move (so
+    a confirmation only delays a move, it cannot hide one). The states are read, not changed."""
+    decisions = []
+    for _ in range(seg.hysteresis.confirmations):
+        decisions = seg.evaluate_many(states, feats, now, auxes)
+        auxes = [d.aux for d in decisions]
+    return sum(d.segment == st.segments.get(seg.name)
+               for d, st in zip(decisions, states, strict=True))
 
 
 def _event_time(event: Mapping[str, Any]) -> float | None:
