@@ -7,7 +7,9 @@ from rich.console import Console
 
 from ..config import SettingsError, load_settings
 
-console = Console(stderr=True)
+# soft_wrap: a message is printed as one line, whatever the terminal width, so a long path
+# or setting value in it stays whole (rich would otherwise break it at 80 columns off a tty)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def settings_or_exit(**overrides: object):  # type: ignore[no-untyped-def]

@@ -34,7 +34,7 @@ def evaluate(
     from ..evaluation import Evaluation, EvaluationSettings, trainer_settings
     from .common import settings_or_exit
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     settings = settings_or_exit()
     try:
         fmt = rp.file_format(file)

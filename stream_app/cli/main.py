@@ -27,6 +27,8 @@ cli = typer.Typer(
 @cli.command()
 def worker() -> None:
     """Run a worker against SEGMENTER_BROKER_URL (scale out by starting more)."""
+    from rich.markup import escape
+
     from ..core.segmentation.rules import DefinitionsError
     from ..host.clients import BrokerUnreachable, TopicMismatch
     from ..host.worker import run_worker
@@ -35,11 +37,9 @@ def worker() -> None:
     try:
         run_worker(settings)
     except DefinitionsError as exc:
-        console.print(f"[bold red]segmenter:[/] SEGMENTER_SEGMENTS_FILE: {exc}")
+        console.print(f"[bold red]segmenter:[/] SEGMENTER_SEGMENTS_FILE: {escape(str(exc))}")
         raise typer.Exit(2) from None
     except (BrokerUnreachable, TopicMismatch) as exc:
-        from rich.markup import escape
-
         console.print(f"[bold red]segmenter:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 

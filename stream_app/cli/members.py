@@ -51,7 +51,7 @@ def members(
     import httpx
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -105,7 +105,9 @@ segmentations:
 
 
 def test_bad_definitions_file_is_refused_at_startup(tmp_path: Path, broker):
-    defs = tmp_path / "segments.yaml"
+    # a deep path, longer than a terminal line: the message must still name it whole
+    defs = tmp_path / ("definitions-" + "d" * 100) / "segments.yaml"
+    defs.parent.mkdir()
     defs.write_text("""
 segmentations:
   - name: geo
@@ -120,4 +122,4 @@ segmentations:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "ordrs_30d" in out.stderr and "orders_30d" in out.stderr
-    assert "segments.yaml" in out.stderr
+    assert str(defs) in out.stderr, out.stderr
