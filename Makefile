@@ -1,5 +1,8 @@
 # The two commands of the README: `make demo` and `make test`. Each installs what it needs.
 PYTHON ?= python3
+# test processes (pytest-xdist): the integration tests mostly wait on brokers and worker
+# processes (one process keeps 0.84 of a core busy), so two fit a 2-core machine
+TEST_WORKERS ?= 2
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -19,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@sh scripts/test-deps.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream_app tests bench

@@ -44,6 +44,7 @@ def health(worker: Any) -> dict[str, Any] | None:
         return None
 
 
+@pytest.mark.slow(40)
 def test_a_stalled_broker_is_reported_and_survived(broker, worker_factory):
     worker = worker_factory(clustering="false", tick_interval_s="3600").start()
     # Long client timeouts: the test's own producer waits out the stall like the worker does.

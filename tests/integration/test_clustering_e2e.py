@@ -27,6 +27,7 @@ def publish(producer, events) -> int:
     return n
 
 
+@pytest.mark.slow(25)
 def test_behaviour_shift_changes_segment_and_steady_customers_stay(broker, worker_factory,
                                                                    producer):
     w = worker_factory(model_min_learned="300", model_snapshot_every="500").start()

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow(70)
 @pytest.mark.timeout(240)
 def test_make_demo_runs_a_minute_with_traffic_flowing(tmp_path: Path) -> None:
     make = shutil.which("make")

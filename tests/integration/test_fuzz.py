@@ -205,6 +205,7 @@ def generate(pool: list[dict[str, Any]], examples: int, per_example: int) -> lis
     return out
 
 
+@pytest.mark.slow(30)
 def test_ten_thousand_hostile_messages(broker, worker_factory, tmp_path):
     started = time.monotonic()
     pool = templates(50)

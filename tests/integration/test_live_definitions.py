@@ -199,6 +199,7 @@ def test_sighup_and_put_switch_at_once_and_invalid_puts_are_refused(
                     ("c", "legacy", "buyer"), ("b", "tier", None)}
 
 
+@pytest.mark.slow(30)
 def test_put_switches_every_worker_and_outlives_a_restart(
         broker, worker_factory, producer, tmp_path: Path) -> None:
     defs = tmp_path / "segments.yaml"

@@ -225,6 +225,7 @@ def test_members_paged_across_two_workers_and_exported(broker, worker_factory, p
     assert bad.returncode == 1 and "invalid token" in bad.stderr
 
 
+@pytest.mark.slow(30)
 def test_memberships_after_kill_9_equal_the_state_and_repeat_only_exact_copies(
         broker, worker_factory, producer, tmp_path):
     """A worker killed mid-stream replays what it had not stored: the memberships records of

@@ -43,6 +43,7 @@ def retention_changes(broker, expect: int) -> list[dict]:
     return [d for d in (orjson.loads(r.value) for r in recs) if d["segmentation"] == "retention"]
 
 
+@pytest.mark.slow(50)
 def test_predictions_fitted_in_the_stream_move_and_drive_retention(broker, worker_factory,
                                                                    producer):
     w = worker_factory(tick_interval_s="1", idle_advance_after_s="2",

@@ -81,6 +81,7 @@ SHAPES = {
 }
 
 
+@pytest.mark.slow(200)
 @pytest.mark.parametrize(("store", "shape"), [("memory", "many"), ("rocksdb", "long")])
 def test_kill_9_at_random_moments_loses_nothing(broker, worker_factory, store, shape):
     seed = 7
@@ -136,6 +137,7 @@ def test_kill_9_at_random_moments_loses_nothing(broker, worker_factory, store, s
     print(f"\nkills: {kills}\ndrains: {producing.drain_s}\n{figures}")
 
 
+@pytest.mark.slow(60)
 def test_a_worker_joining_and_leaving_mid_stream_loses_nothing(broker, worker_factory):
     seed = 11
     stream = make_stream(seed, events=2100)

@@ -54,6 +54,7 @@ def broker_log(broker: EmbeddedBroker) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", broker.log_path.read_text(errors="replace"))
 
 
+@pytest.mark.slow(30)
 def test_the_worker_authenticates_with_its_sasl_settings(broker: EmbeddedBroker,
                                                          worker_factory: Any) -> None:
     # Enforced: without SASL a client gets no metadata (the connection is closed).

@@ -31,6 +31,7 @@ def send_orders(producer: KafkaProducer, phase: str, n: int, rate: float = 0.0) 
     producer.flush()
 
 
+@pytest.mark.slow(25)
 def test_sigterm_stops_within_10s_and_a_restart_reapplies_nothing(broker, worker_factory,
                                                                   producer):
     worker = worker_factory(tick_interval_s="3600").start()
