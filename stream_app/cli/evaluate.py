@@ -32,9 +32,8 @@ def evaluate(
 
     from .. import replay as rp
     from ..evaluation import Evaluation, EvaluationSettings, trainer_settings
-    from .common import settings_or_exit
+    from .common import console, settings_or_exit
 
-    console = Console(stderr=True, soft_wrap=True)
     settings = settings_or_exit()
     try:
         fmt = rp.file_format(file)

@@ -15,8 +15,6 @@ from urllib.parse import quote
 import typer
 from rich.console import Console
 
-from ..config import SettingsError, load_settings
-
 PAGE = 1000  # the endpoint's largest page
 RETRIES = 5  # a page answered 503 (a rebalance) is asked again, with the same cursor
 
@@ -51,12 +49,9 @@ def members(
     import httpx
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    console = Console(stderr=True, soft_wrap=True)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        console.print(f"[bold red]segmenter:[/] {exc}")
-        raise typer.Exit(2) from None
+    from .common import console, settings_or_exit
+
+    settings = settings_or_exit()
     base = (url or f"http://127.0.0.1:{settings.web_port}").rstrip("/")
     headers = {}
     if settings.api_token is not None:
