@@ -347,10 +347,15 @@ class Runtime:
         self.metrics.set_consumer_lag(lags)
 
     def _recount(self, assigned: list[int]) -> None:
-        """Count segment members of the assigned partitions from the table (after rebalances).
-        No await in the loop, so the table cannot change under it."""
+        """Count segment members of the assigned partitions from the stored states (after
+        rebalances), the staged writes of batches in flight included: their changes are
+        already counted, and a recount from the table alone dropped them for good (a
+        re-scoring pass in flight at the first recount left its customers uncounted in
+        /segments until the next rebalance). No await in the loop, so nothing changes
+        under it."""
         n = self.settings.partitions
-        self.sizes.recount(assigned, self.customers.items(), lambda cid: partition_of(cid, n))
+        self.sizes.recount(assigned, self.customer_states.entries(),
+                           lambda cid: partition_of(cid, n))
 
     async def tick(self) -> None:
         """Re-evaluate time-driven segmentations of every local customer at the worker's
@@ -369,7 +374,7 @@ class Runtime:
 
     def customer_ids(self) -> list[str]:
         """The keys of the customer table on this worker (states, links, markers)."""
-        return list(self.customers.keys())
+        return list(self.customer_states)
 
     def customer(self, customer_id: str) -> Any:
         """A customer's state on this worker, as of the last batch handled (None if absent

@@ -66,6 +66,14 @@ class WriteBehind(Mapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def entries(self) -> Iterator[tuple[str, Any]]:
+        """Every (key, value), staged values first-hand: one pass over the store (not a
+        lookup per key, as ``items()`` makes: a rocksdb store looks a key up in each
+        partition's database when no event names the partition)."""
+        staged = self.staged
+        yield from ((k, v) for k, v in self.table.data.items() if k not in staged)
+        yield from ((k, v) for k, v in staged.items() if v is not DELETED)
+
     # --- writes ----------------------------------------------------------------------------
     def stage(self, writes: Mapping[str, Any]) -> None:
         """Make a batch's writes visible to later reads (DELETED: a delete)."""

@@ -45,12 +45,18 @@ def test_customers_are_rescored_within_seconds_of_a_model_version(broker, worker
     assert ready
     seen_ready = time.monotonic()
 
+    seen: dict = {}
+
     def everyone() -> dict | None:
         b = behaviour(w)
+        seen.update(customers=b["customers"], version=b["version"])
         return b if b["customers"] == len(customers) else None
 
-    b = wait_for(everyone, timeout=30, interval=0.5,
-                 what=f"all {len(customers)} customers in a behavioural segment")
+    try:
+        b = wait_for(everyone, timeout=30, interval=0.5,
+                     what=f"all {len(customers)} customers in a behavioural segment")
+    except AssertionError as exc:  # what /segments counted, and what the worker did
+        raise AssertionError(f"{exc}; last seen {seen}; worker log:\n{w.tail(40)}") from None
     assert time.monotonic() - seen_ready <= 30.0
     # and in ids of the model now loaded: no customer left in a retired id
     version = b["version"]

@@ -147,3 +147,33 @@ async def test_a_failed_changelog_write_moves_no_persisted_offset() -> None:
         await done  # type: ignore[misc]
     await asyncio.sleep(0)
     assert wb.table.data.persisted == {}
+
+
+async def test_entries_read_the_staged_writes_in_one_pass_over_the_store() -> None:
+    wb = behind()
+    wb.table.data.update(a="old-a", b="old-b", c="old-c")
+    wb.stage({"a": "new-a", "b": DELETED, "d": "new-d"})
+    assert sorted(wb.entries()) == [("a", "new-a"), ("c", "old-c"), ("d", "new-d")]
+    assert sorted(wb.entries()) == sorted(wb.items())
+
+
+def test_a_recount_while_a_batch_is_in_flight_keeps_its_changes() -> None:
+    # A rebalance's recount (Runtime.refresh_gauges) can run between a batch's delivery
+    # (its changes counted, its states staged) and its write to the table: the recount
+    # must see the staged states. From the table alone, a re-scoring pass in flight at
+    # the first recount left its customers out of /segments until the next rebalance.
+    from stream_app.core.state.customer import CustomerState
+    from stream_app.core.state.sizes import SegmentSizes
+    from stream_app.host.app import Runtime
+
+    wb = behind()
+    before = CustomerState(customer_id="u1")
+    wb.table.data["u1"] = before
+    after = CustomerState(customer_id="u1", segments={"behavior": "b1"})
+    wb.stage({"u1": after, "u2": CustomerState(customer_id="u2",
+                                               segments={"behavior": "b2"})})
+    host = SimpleNamespace(settings=SimpleNamespace(partitions=1), sizes=SegmentSizes(),
+                           customers=SimpleNamespace(items=wb.table.data.items),
+                           customer_states=wb)
+    Runtime._recount(host, [0])  # type: ignore[arg-type]
+    assert host.sizes.totals([0]) == {"behavior": {"b1": 1, "b2": 1}}
