@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     clusters_max: int = Field(
         10, ge=0, le=64, description="k-means: the most clusters the data may choose, by "
         "silhouette at each model generation (0: SEGMENTER_CLUSTERS, fixed)")
+    model_move_budget: float = Field(
+        0.015, ge=0.0, le=1.0, description="The most of the trainer's recent sample one model "
+        "version may move to another behavioural segment: a re-clustering is published in "
+        "steps toward the model's centres (0: at once)")
     model_snapshot_every: PositiveInt = Field(
         1000, description="Publish a new clustering model after this many training samples")
     model_snapshot_every_s: PositiveFloat = Field(

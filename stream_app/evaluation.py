@@ -70,6 +70,7 @@ def trainer_settings(settings: Any) -> TrainerSettings:
                            clusters_max=settings.clusters_max,
                            snapshot_every=settings.model_snapshot_every,
                            snapshot_every_s=settings.model_snapshot_every_s,
+                           move_budget=settings.model_move_budget,
                            predictions=settings.predictions)
 
 

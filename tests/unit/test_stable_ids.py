@@ -119,9 +119,11 @@ def test_trainer_gives_a_returning_group_its_old_id_and_checkpoints_what_it_reti
                                       min_share=0.05))
 
     def run(rounds: int, present: list[int]) -> list[dict]:
+        # asked for a snapshot every 50 samples, as the model agent asks after each batch:
+        # a model version every 500, and the steps of a transition (move_budget) between
         out = []
-        for _ in range(rounds):
-            for _ in range(500):
+        for _ in range(rounds * 10):
+            for _ in range(50):
                 views, orders = groups[present[rng.integers(len(present))]]
                 trainer.learn(_feats(views * rng.uniform(0.8, 1.25), orders))
             snapshot = trainer.maybe_snapshot(0.0)

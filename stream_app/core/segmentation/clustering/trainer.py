@@ -47,7 +47,7 @@ clustering's own schedule.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,7 +55,7 @@ import numpy as np
 import orjson
 
 from ...predictive.training import PredictiveTrainer
-from . import profiles
+from . import profiles, transition
 from .models import Clusterer, make_model, model_from_snapshot
 from .stable import PREFIX, Matching, id_order, match, set_changes
 from .vectorize import FEATURES, RunningScaler, Scaling, fit_scaling, vectorize
@@ -93,6 +93,11 @@ class TrainerSettings:
     drift: float = 3.0
     drift_spread: float = 2.0  # ... or its spread by this factor
     predictions: bool = True  # fit BG/NBD and Gamma-Gamma too (SEGMENTER_PREDICTIONS)
+    # > 0: a version moves at most this share of the recent sample to another segment; the
+    # published centres go toward the model's a step at a time (transition.step). 0: the
+    # model's centres are published as they are. 0.015 chosen by bench/quality.py --horizon
+    # (docs/segmentation.md, "Gradual transitions")
+    move_budget: float = 0.015
 
 
 def learn_due(last_sampled_at: float | None, now: float, every_s: float = 86400.0) -> bool:
@@ -122,6 +127,13 @@ class Trainer:
             maxlen=settings.sample_size)
         self.predictive = PredictiveTrainer() if settings.predictions else None
         self._fit_unpublished = False  # a new fit waits for the next snapshot
+        # with a move budget: the model's centres at the last snapshot (what ids are matched
+        # against), and every segment in transit toward them (unscaled; published or not)
+        self.destination: dict[str, list[float]] | None = None
+        self.positions: dict[str, list[float]] | None = None
+        self.in_transit = False  # the last snapshot stopped short of the model's centres
+        self.since_step = 0  # samples since the last snapshot of either kind
+        self.returning: set[str] = set()  # retired ids taken back, not yet published again
 
     # --- learning -----------------------------------------------------------------------
     def learn(self, feats: Mapping[str, Any]) -> None:
@@ -140,6 +152,7 @@ class Trainer:
         self._sample.append((x, channel, category))
         self.n_learned += 1
         self.since_snapshot += 1
+        self.since_step += 1
         if self.scaling is None:
             # Scaling from a handful of samples would be arbitrary; hold the first ones back
             # until there are enough, then fit the first generation's scaling on them.
@@ -205,25 +218,39 @@ class Trainer:
         late = self.last_snapshot_at is None or now - self.last_snapshot_at >= s.snapshot_every_s
         due = self.since_snapshot >= s.snapshot_every or self._fit_unpublished or (
             late and self.since_snapshot >= s.snapshot_min)
+        if not due and self.in_transit and self.since_step >= s.snapshot_min:
+            # A transition under way (move_budget) takes its next step toward the same
+            # centres at the shorter cadence: each step is bounded by the budget, and the
+            # segments reach the model's sooner. The model, its scaling and the ids are
+            # looked at again at the usual cadence only.
+            step = self._snapshot(float(now), toward_destination=True)
+            if step is not None:
+                self.since_step = 0
+            return step
         if not due or self.scaling is None:
             return None
         if self.drifted():
             self.new_generation()
         snapshot = self._snapshot(float(now))
         if snapshot is not None:
-            self.since_snapshot = 0
+            self.since_snapshot = self.since_step = 0
             self.last_snapshot_at = float(now)
             self._fit_unpublished = False
         return snapshot
 
-    def _snapshot(self, now: float) -> dict[str, Any] | None:
+    def _snapshot(self, now: float, toward_destination: bool = False) -> dict[str, Any] | None:
         s = self.settings
-        raw = self.model.centres()
-        if not raw:
-            return None
         scaling = self.scaling
         assert scaling is not None
         sample = np.array([x for x, _, _ in self._sample])
+        if toward_destination:
+            if self.destination is None or self.scaling is None:
+                return None
+            target = {sid: scaling.scale(np.array(c)) for sid, c in self.destination.items()}
+            return self._publish(now, target, sample, returned=())
+        raw = self.model.centres()
+        if not raw:
+            return None
         raw_ids = sorted(raw)
         centres = np.array([raw[r] for r in raw_ids])
         # Clusters holding (almost) none of the recent customers are not segments: dead
@@ -232,7 +259,10 @@ class Trainer:
         share = dict(zip(raw_ids, np.bincount(profiles.assign(scaling.scale(sample), centres),
                                               minlength=len(raw_ids)) / len(sample),
                          strict=True))
-        last = self._last_centres()
+        published = self._last_centres()
+        last = published
+        if s.move_budget > 0 and self.destination is not None:
+            last = {sid: np.array(c) for sid, c in self.destination.items()}
         previous = {sid: scaling.scale(c) for sid, c in last.items()}  # for matching
         retired = {sid: scaling.scale(np.array(c)) for sid, c in self.retired.items()}
         candidates = {r: c for r, c in zip(raw_ids, centres, strict=True)
@@ -251,8 +281,30 @@ class Trainer:
         order = sorted(kept, key=lambda r: id_order(matching.ids[r]))
         ids = [matching.ids[r] for r in order]
         kept_centres = np.array([kept[r] for r in order])
-        changes = set_changes(previous, dict(zip(ids, kept_centres, strict=True)),
-                              max_distance=s.match_distance, returned=matching.returned)
+        target = dict(zip(ids, kept_centres, strict=True))
+        return self._publish(now, target, sample, matching.returned)
+
+    def _publish(self, now: float, target: dict[str, np.ndarray], sample: np.ndarray,
+                 returned: Sequence[str]) -> dict[str, Any]:
+        """Publish ``target`` (id -> scaled centre, in id order), or with a move budget the
+        next step toward it."""
+        s = self.settings
+        scaling = self.scaling
+        assert scaling is not None
+        ids = list(target)
+        kept_centres = np.array([target[sid] for sid in ids])
+        before = {sid: scaling.scale(c) for sid, c in self._last_centres().items()}
+        dropped = [sid for sid in before if sid not in target]
+        if s.move_budget > 0:
+            ids, kept_centres, dropped = self._step(target, before, sample, scaling)
+        current = {sid: target.get(sid, c) for sid, c in zip(ids, kept_centres, strict=True)}
+        # an id taken back is reported as returned when it is published again, which a
+        # transition may leave to a later step
+        self.returning.update(sid for sid in returned if sid not in before)
+        self.returning.intersection_update(target)
+        back = [sid for sid in current if sid not in before and sid in self.returning]
+        self.returning.difference_update(back)
+        changes = set_changes(before, current, max_distance=s.match_distance, returned=back)
         described = profiles.build_profiles(
             ids, kept_centres, scaling, sample,
             [c for _, c, _ in self._sample], [c for _, _, c in self._sample])
@@ -268,7 +320,7 @@ class Trainer:
             "features": list(FEATURES),
             "scaling": scaling.to_json(),
             "generation": self.generation,
-            "retired": list(matching.retired),
+            "retired": dropped,
             "set_changes": changes,
             "segments": [
                 {"id": sid, "name": described[sid]["name"], "centre": c.tolist(),
@@ -278,6 +330,57 @@ class Trainer:
             "predictive": None if self.predictive is None else self.predictive.published(),
         }
         return self.last
+
+    def _step(self, target: dict[str, np.ndarray], before: dict[str, np.ndarray],
+              sample: np.ndarray, scaling: Scaling
+              ) -> tuple[list[str], np.ndarray, list[str]]:
+        """One step of the published centres toward ``target`` (the model's, matched; scaled)
+        within the move budget: the ids and centres to publish, and the ids dropped."""
+        start = dict(before)
+        if self.positions is not None:
+            start = {sid: scaling.scale(np.array(c)) for sid, c in self.positions.items()}
+            start.update(before)  # what workers hold wins over a stale record
+        z = scaling.scale(sample)
+        held: list[str | None] | None = None
+        if self.last is not None and self.last["segments"] and len(sample):
+            # what workers hold: the last snapshot's nearest segment, in its own scaling
+            old = Scaling.from_json(self.last["scaling"])
+            old_ids = [seg["id"] for seg in self.last["segments"]]
+            old_centres = np.array([seg["centre"] for seg in self.last["segments"]])
+            held = [old_ids[i] for i in profiles.assign(old.scale(sample), old_centres)]
+            if self.last["scaling"] != scaling.to_json():
+                start.update(self._recentred(start, z, held))
+        moved = transition.step(start, target, z, self.settings.move_budget, held)
+        publish = sorted((sid for sid, share in moved.held.items()
+                          if share > 0 or (sid in before and sid in target)), key=id_order)
+        # out of transit: what left the target and holds nobody
+        self.positions = {sid: scaling.unscale(c).tolist() for sid, c in moved.positions.items()
+                          if sid in target or moved.held[sid] > 0}
+        self.destination = {sid: scaling.unscale(c).tolist() for sid, c in target.items()}
+        self.in_transit = moved.fraction < 1.0
+        if not publish:  # nothing held yet anywhere: the target as it is
+            publish = sorted(target, key=id_order)
+            moved.positions.update(target)
+        centres = np.array([moved.positions[sid] for sid in publish])
+        return publish, centres, [sid for sid in before if sid not in publish]
+
+    @staticmethod
+    def _recentred(start: Mapping[str, np.ndarray], z: np.ndarray, held: list[str | None]
+                   ) -> dict[str, np.ndarray]:
+        """After a new scaling the published centres, the same in real units, draw other
+        borders in the new space: each published segment's members would be split
+        differently. The centres of each segment's members in the new space keep more of
+        them; used when they do (fewer of the sample change segment at the start)."""
+        labels = np.array([h if h is not None else "" for h in held])
+        members = {sid: z[labels == sid] for sid in start}
+        recentred = {sid: m.mean(axis=0) if len(m) else start[sid]
+                     for sid, m in members.items()}
+
+        def moves(centres: Mapping[str, np.ndarray]) -> int:
+            ids = list(centres)
+            near = profiles.assign(z, np.array([centres[i] for i in ids]))
+            return int(sum(ids[n] != h for n, h in zip(near, labels, strict=True) if h))
+        return recentred if moves(recentred) < moves(start) else {}
 
     def _remember_retired(self, matching: Matching, last: Mapping[str, np.ndarray]) -> None:
         """Keep the last centre of each id this matching retired (``last``: the last
@@ -321,6 +424,10 @@ class Trainer:
             "generation": self.generation,
             "scaling": None if self.scaling is None else self.scaling.to_json(),
             "predictive": None if self.predictive is None else self.predictive.to_json(),
+            "destination": self.destination,
+            "positions": self.positions,
+            "in_transit": self.in_transit,
+            "returning": sorted(self.returning, key=id_order),
         })
 
     def catch_up(self, snapshot: Mapping[str, Any]) -> None:
@@ -355,6 +462,12 @@ class Trainer:
         out.last = doc["last"]
         out.retired = {str(k): [float(v) for v in c] for k, c in doc.get("retired", {}).items()}
         out.generation = int(doc.get("generation", 0))
+        out.in_transit = bool(doc.get("in_transit", False))
+        out.returning = {str(sid) for sid in doc.get("returning", ())}
+        for name in ("destination", "positions"):
+            value = doc.get(name)
+            setattr(out, name, None if value is None else
+                    {str(k): [float(v) for v in c] for k, c in value.items()})
         if out.predictive is not None:
             out.predictive.restore(doc.get("predictive"))
         if doc.get("scaling") is not None:
