@@ -449,16 +449,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--margin", type=float, default=Hysteresis().margin)
     ap.add_argument("--confirmations", type=int, default=Hysteresis().confirmations)
     ap.add_argument("--snapshot-every", type=int, default=TrainerSettings().snapshot_every)
+    ap.add_argument("--move-budget", type=float, default=TrainerSettings().move_budget,
+                    help="the trainer's move budget per version (0: re-clusterings at once, "
+                    "the baseline)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     if args.horizon:
         horizon(args.customers or 600, args.days or 730.0, args.model, args.seed,
-                args.population, rescore=not args.no_rescore)
+                args.population, rescore=not args.no_rescore,
+                settings=TrainerSettings(move_budget=args.move_budget))
         print(f"run {time.perf_counter() - started:.0f} s")
         return
     report = evaluate(args.customers or 1000, args.days or 60.0, args.model, args.clusters, args.seed,
                       args.shift_share, hysteresis=Hysteresis(args.margin, args.confirmations),
-                      settings=TrainerSettings(snapshot_every=args.snapshot_every))
+                      settings=TrainerSettings(snapshot_every=args.snapshot_every,
+                                               move_budget=args.move_budget))
     print_report(report, time.perf_counter() - started)
 
 
