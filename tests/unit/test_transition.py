@@ -12,6 +12,8 @@ from stream_app.core.segmentation.clustering.trainer import Trainer, TrainerSett
 from stream_app.core.segmentation.clustering.transition import step
 from stream_app.core.segmentation.clustering.vectorize import Scaling, vectorize
 
+from .test_stable_ids import _feats
+
 
 def blobs(rng: np.random.Generator, centres: list[list[float]], n: int) -> np.ndarray:
     return np.vstack([rng.normal(c, 0.3, size=(n, len(c))) for c in centres])
@@ -90,14 +92,6 @@ def test_no_step_moves_more_than_the_budget(seed: int, k_from: int, k_to: int,
     held = nearest(sample, start)
     now = nearest(sample, out.positions)
     assert np.mean([a != b for a, b in zip(held, now, strict=True)]) == out.moved
-
-
-def _feats(views: float, orders: float) -> dict[str, float]:  # as test_stable_ids has it
-    return {"tenure_days": 20.0, "recency_days": 3.0 if orders else 3650.0, "orders": orders,
-            "orders_per_month": orders, "revenue": 40.0 * orders,
-            "avg_order_value": 40.0 if orders else 0.0, "product_views": views,
-            "cart_adds": views / 4, "engagement_recent": views + 3 * orders,
-            "email_opens": 2.0, "email_click_rate": 0.5}
 
 
 def test_the_trainer_bounds_every_version_and_still_follows_a_new_group() -> None:
